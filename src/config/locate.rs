@@ -1,0 +1,283 @@
+//! Finding where in the file a problem is: byte spans from `toml`'s spanned document, turned into
+//! line and column, and nearest-key suggestions for misspelt keys.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::Problem;
+
+/// A 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LineCol {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column in characters, from 1.
+    pub col: usize,
+}
+
+impl LineCol {
+    /// The line and column of byte `offset` in `text`.
+    pub fn of(text: &str, offset: usize) -> LineCol {
+        let offset = offset.min(text.len());
+        let before = &text[..floor_char_boundary(text, offset)];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        LineCol {
+            line,
+            col: before[line_start..].chars().count() + 1,
+        }
+    }
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// One step of a path into the document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    /// A table key.
+    Key(&'static str),
+    /// An array index.
+    Index(usize),
+}
+
+/// A path to a key, e.g. `zones[1].enter_rssi`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    /// The path `key`.
+    pub fn key(key: &'static str) -> KeyPath {
+        KeyPath(vec![Seg::Key(key)])
+    }
+
+    /// This path extended by `key`.
+    pub fn join(&self, key: &'static str) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(Seg::Key(key));
+        KeyPath(v)
+    }
+
+    /// This path extended by an array index.
+    pub fn index(&self, i: usize) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(Seg::Index(i));
+        KeyPath(v)
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if i == 0 => f.write_str(k)?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A parsed document that remembers where every key and value is.
+pub struct Document<'a> {
+    text: &'a str,
+    root: Spanned<DeTable<'a>>,
+}
+
+impl<'a> Document<'a> {
+    /// Parses TOML syntax, reporting every syntax error found.
+    pub fn parse(text: &'a str) -> Result<Document<'a>, Vec<Problem>> {
+        let (root, errors) = DeTable::parse_recoverable(text);
+        if errors.is_empty() {
+            return Ok(Document { text, root });
+        }
+        Err(errors
+            .iter()
+            .map(|e| Problem {
+                at: LineCol::of(text, e.span().map_or(0, |s| s.start)),
+                key: "(syntax)".into(),
+                message: first_line(e.message()).to_owned(),
+            })
+            .collect())
+    }
+
+    /// Deserialises the document, turning a type or unknown-key error into a located problem.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Vec<Problem>> {
+        let de = toml::de::Deserializer::from(self.root.clone());
+        T::deserialize(de).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let message = first_line(e.message());
+            let key = self.key_at(&span);
+            vec![Problem {
+                at: LineCol::of(self.text, span.start),
+                key: key.clone().unwrap_or_else(|| "(document)".into()),
+                message: explain(message, key.as_deref()),
+            }]
+        })
+    }
+
+    /// A problem for `path`, located at the key if it is in the file, else at the nearest enclosing
+    /// table that is (a default value that is invalid in context, e.g. a zone's default exit_rssi).
+    pub fn problem_at(&self, path: &KeyPath, message: String) -> Problem {
+        Problem {
+            at: LineCol::of(self.text, self.span_of(path).start),
+            key: path.to_string(),
+            message,
+        }
+    }
+
+    fn span_of(&self, path: &KeyPath) -> Range<usize> {
+        let mut best = 0..0;
+        let mut value: Option<&Spanned<DeValue<'a>>> = None;
+        let mut table: Option<&DeTable<'a>> = Some(self.root.get_ref());
+        for seg in &path.0 {
+            match (seg, table, value.map(|v| v.get_ref())) {
+                (Seg::Key(k), Some(t), _) => {
+                    let Some((key, v)) = t.iter().find(|(key, _)| key.get_ref() == k) else {
+                        return best;
+                    };
+                    best = key.span();
+                    value = Some(v);
+                    table = match v.get_ref() {
+                        DeValue::Table(t) => Some(t),
+                        _ => None,
+                    };
+                }
+                (Seg::Index(i), _, Some(DeValue::Array(a))) => {
+                    let Some(v) = a.get(*i) else {
+                        return best;
+                    };
+                    best = v.span();
+                    value = Some(v);
+                    table = match v.get_ref() {
+                        DeValue::Table(t) => Some(t),
+                        _ => None,
+                    };
+                }
+                _ => return best,
+            }
+        }
+        best
+    }
+
+    /// The name of the key whose span starts where an error points, if any.
+    fn key_at(&self, span: &Range<usize>) -> Option<String> {
+        fn walk(t: &DeTable<'_>, span: &Range<usize>, prefix: &str) -> Option<String> {
+            for (k, v) in t.iter() {
+                let name = if prefix.is_empty() {
+                    k.get_ref().to_string()
+                } else {
+                    format!("{prefix}.{}", k.get_ref())
+                };
+                if k.span() == *span
+                    || (v.span() == *span && !matches!(v.get_ref(), DeValue::Table(_)))
+                {
+                    return Some(name);
+                }
+                match v.get_ref() {
+                    DeValue::Table(inner) => {
+                        if let Some(found) = walk(inner, span, &name) {
+                            return Some(found);
+                        }
+                    }
+                    DeValue::Array(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            let item_name = format!("{name}[{i}]");
+                            if item.span() == *span && !matches!(item.get_ref(), DeValue::Table(_))
+                            {
+                                return Some(item_name);
+                            }
+                            if let DeValue::Table(inner) = item.get_ref() {
+                                if let Some(found) = walk(inner, span, &item_name) {
+                                    return Some(found);
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None
+        }
+        walk(self.root.get_ref(), span, "")
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion of the closest key,
+/// and "unknown variant" likewise for enum values.
+fn explain(message: &str, _key: Option<&str>) -> String {
+    for what in ["unknown field", "unknown variant"] {
+        let Some(rest) = message.strip_prefix(what) else {
+            continue;
+        };
+        let names: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+        let Some((given, expected)) = names.split_first() else {
+            break;
+        };
+        let valid = expected.join(", ");
+        let noun = if what == "unknown field" {
+            "key"
+        } else {
+            "value"
+        };
+        return match closest(given, expected) {
+            Some(best) => {
+                format!("unknown {noun} `{given}`; did you mean `{best}`? (valid: {valid})")
+            }
+            None => format!("unknown {noun} `{given}` (valid: {valid})"),
+        };
+    }
+    message.to_owned()
+}
+
+/// The candidate most like `given`, if any is close enough to be a plausible typo.
+pub fn closest<'c>(given: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(given, c), *c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_are_one_based_and_count_characters() {
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(LineCol::of(text, 0), LineCol { line: 1, col: 1 });
+        assert_eq!(LineCol::of(text, 6), LineCol { line: 2, col: 1 });
+        // 'é' is two bytes but one column: the space after it is column 3.
+        assert_eq!(LineCol::of(text, 9), LineCol { line: 2, col: 3 });
+    }
+
+    #[test]
+    fn suggestions_need_a_plausible_typo() {
+        assert_eq!(
+            closest("enter_rsi", &["enter_rssi", "exit_rssi"]),
+            Some("enter_rssi")
+        );
+        assert_eq!(closest("colour", &["enter_rssi", "exit_rssi"]), None);
+    }
+
+    #[test]
+    fn key_paths_display_like_toml() {
+        let p = KeyPath::key("zones").index(2).join("enter_rssi");
+        assert_eq!(p.to_string(), "zones[2].enter_rssi");
+    }
+}

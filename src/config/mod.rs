@@ -1,0 +1,579 @@
+//! Configuration: one TOML file, every key with a default, validated before anything runs.
+//!
+//! A field engineer edits this file on site, so every problem is reported as
+//! `FILE:LINE:COL: KEY: what is wrong; what would be valid`, all problems at once where possible, and a
+//! misspelt key names the key that was probably meant. `config/beacond.example.toml` documents every key.
+
+mod locate;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use locate::LineCol;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Who this hub is.
+    pub hub: HubConfig,
+    /// Where advertisements come from.
+    pub scan: ScanConfig,
+    /// The zones of the store this hub decides on.
+    pub zones: Vec<ZoneConfig>,
+    /// How RSSI becomes presence.
+    pub presence: PresenceConfig,
+    /// The connection to the central platform.
+    pub mqtt: MqttConfig,
+    /// Recognising customers.
+    pub identity: IdentityConfig,
+    /// Offer trigger rules.
+    pub offers: Vec<OfferConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[hub]`: the identity of this hub and where it keeps its state.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// The store's id as the platform knows it; part of every MQTT topic.
+    pub store_id: String,
+    /// This hub's id within the store; part of every MQTT topic.
+    pub hub_id: String,
+    /// Where the customer cache, the spool and the offer caps live.
+    pub data_dir: PathBuf,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            store_id: "store-1".into(),
+            hub_id: "hub-1".into(),
+            data_dir: "/var/lib/beacond".into(),
+        }
+    }
+}
+
+/// Which scanning source feeds the pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The Bluetooth adapter, through BlueZ.
+    #[default]
+    Bluez,
+    /// A recording made with `beacond record`.
+    Replay,
+    /// The store simulator.
+    Sim,
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Bluez => "bluez",
+            SourceKind::Replay => "replay",
+            SourceKind::Sim => "sim",
+        })
+    }
+}
+
+/// `[scan]`: the source of advertisements and what is let through.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanConfig {
+    /// `bluez`, `replay` or `sim`.
+    pub source: SourceKind,
+    /// `auto` for the first powered adapter, or a name such as `hci1`.
+    pub adapter: String,
+    /// Restart discovery after this many seconds without any advertisement.
+    pub watchdog_s: u64,
+    /// The recording to play with `source = "replay"`.
+    pub replay_file: Option<PathBuf>,
+    /// The scenario for `source = "sim"`: a file, or `builtin:NAME`.
+    pub sim_scenario: String,
+    /// Playback speed for `replay` and `sim` (1.0 = real time).
+    pub speed: f64,
+    /// What is let into the pipeline.
+    pub filters: ScanFilters,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        ScanConfig {
+            source: SourceKind::Bluez,
+            adapter: "auto".into(),
+            watchdog_s: 90,
+            replay_file: None,
+            sim_scenario: "builtin:supermarket".into(),
+            speed: 1.0,
+            filters: ScanFilters::default(),
+        }
+    }
+}
+
+/// `[scan.filters]`: applied before the pipeline; what is filtered out is counted and not kept.
+///
+/// With all three lists empty every advertisement passes; otherwise one that matches any entry of any
+/// list passes. `min_rssi` applies on top.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanFilters {
+    /// Manufacturer company identifiers (e.g. 0x004C for Apple/iBeacon).
+    pub company_ids: Vec<u16>,
+    /// Service UUIDs: 16-bit as four hex digits (`"feaa"`) or full 128-bit UUIDs.
+    pub service_uuids: Vec<String>,
+    /// iBeacon proximity UUIDs.
+    pub ibeacon_uuids: Vec<String>,
+    /// Advertisements weaker than this (dBm) are dropped.
+    pub min_rssi: i16,
+}
+
+impl Default for ScanFilters {
+    fn default() -> Self {
+        ScanFilters {
+            company_ids: Vec::new(),
+            service_uuids: Vec::new(),
+            ibeacon_uuids: Vec::new(),
+            min_rssi: -100,
+        }
+    }
+}
+
+/// `[[zones]]`: an area of the store, decided on the smoothed RSSI heard by one hub.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Stable id, used in events and offer rules.
+    pub id: String,
+    /// Display name; defaults to the id.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The hub that measures this zone; defaults to this hub.
+    #[serde(default)]
+    pub hub: Option<String>,
+    /// Smoothed RSSI (dBm) above which a device counts as inside.
+    #[serde(default = "defaults::enter_rssi")]
+    pub enter_rssi: i16,
+    /// Smoothed RSSI (dBm) below which a device counts as outside; below `enter_rssi` (hysteresis).
+    #[serde(default = "defaults::exit_rssi")]
+    pub exit_rssi: i16,
+    /// Seconds the signal must stay above `enter_rssi` before `enter` fires.
+    #[serde(default = "defaults::min_enter_s")]
+    pub min_enter_s: f64,
+    /// Seconds without hearing a device before it counts as gone.
+    #[serde(default = "defaults::absence_timeout_s")]
+    pub absence_timeout_s: f64,
+    /// Seconds into a visit at which `dwell` fires.
+    #[serde(default = "defaults::dwell_marks_s")]
+    pub dwell_marks_s: Vec<u64>,
+    /// RSSI at 1 m for devices that advertise none, overriding `[presence]`.
+    #[serde(default)]
+    pub measured_power: Option<i16>,
+    /// Path-loss exponent for distance estimates here, overriding `[presence]`.
+    #[serde(default)]
+    pub path_loss_exponent: Option<f64>,
+}
+
+impl ZoneConfig {
+    /// A zone with every optional key at its default.
+    pub fn new(id: impl Into<String>) -> ZoneConfig {
+        ZoneConfig {
+            id: id.into(),
+            name: None,
+            hub: None,
+            enter_rssi: defaults::enter_rssi(),
+            exit_rssi: defaults::exit_rssi(),
+            min_enter_s: defaults::min_enter_s(),
+            absence_timeout_s: defaults::absence_timeout_s(),
+            dwell_marks_s: defaults::dwell_marks_s(),
+            measured_power: None,
+            path_loss_exponent: None,
+        }
+    }
+
+    /// The display name.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// RSSI smoothing filters the presence engine offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmoothingFilter {
+    /// A one-dimensional Kalman filter.
+    #[default]
+    Kalman,
+    /// A running mean over a window with the extremes trimmed (Android Beacon Library style).
+    TrimmedMean,
+    /// An exponentially weighted moving average.
+    Ewma,
+}
+
+/// `[presence]`: turning RSSI into zone decisions.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// The smoothing filter.
+    pub filter: SmoothingFilter,
+    /// The most identities tracked at once; anonymous devices are evicted first.
+    pub max_tracked: usize,
+    /// dB by which another zone must be stronger before a device moves there.
+    pub switch_margin_db: f64,
+    /// RSSI at 1 m assumed for devices that advertise none (dBm).
+    pub measured_power: i16,
+    /// Path-loss exponent for distance estimates (about 1.8 in groceries, 2.2 in shops).
+    pub path_loss_exponent: f64,
+    /// Seconds between anonymous per-zone headcounts.
+    pub headcount_interval_s: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            filter: SmoothingFilter::Kalman,
+            max_tracked: 10_000,
+            switch_margin_db: 3.0,
+            measured_power: -59,
+            path_loss_exponent: 2.2,
+            headcount_interval_s: 60,
+        }
+    }
+}
+
+/// MQTT protocol version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1.
+    #[default]
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
+/// `[mqtt]`: the connection to the central platform.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Publish to the broker at all; off, events go to the log only.
+    pub enabled: bool,
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// Client id; defaults to `beacond-{store_id}-{hub_id}`.
+    pub client_id: Option<String>,
+    /// First segment of every topic.
+    pub topic_prefix: String,
+    /// `v311` or `v5`.
+    pub protocol: MqttProtocol,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// File holding the password; relative paths are looked up in `$CREDENTIALS_DIRECTORY` first.
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) for `mqtts://`; the system roots when unset.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    pub client_key: Option<PathBuf>,
+    /// Keep-alive interval in seconds.
+    pub keep_alive_s: u64,
+    /// Seconds between `stats` messages.
+    pub stats_interval_s: u64,
+    /// Seconds between `beacons` fleet health messages.
+    pub beacons_interval_s: u64,
+    /// Upper bound of the on-disk spool, in bytes.
+    pub spool_max_bytes: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            url: "mqtt://localhost:1883".into(),
+            client_id: None,
+            topic_prefix: "beacond".into(),
+            protocol: MqttProtocol::V311,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            keep_alive_s: 30,
+            stats_interval_s: 60,
+            beacons_interval_s: 60,
+            spool_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[identity]`: recognising customers.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The platform's Ed25519 public key (64 hex digits) that signs customer sync batches.
+    pub platform_public_key: Option<String>,
+    /// The retailer app's 128-bit service UUID, under which it advertises its rotating token.
+    pub app_service_uuid: String,
+    /// Length of one token epoch in seconds.
+    pub token_epoch_s: u64,
+    /// Memory for the customer cache's page cache, in MiB.
+    pub cache_size_mb: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            platform_public_key: None,
+            app_service_uuid: "6b1f3e2a-5c4d-4e8f-9a0b-1c2d3e4f5a6b".into(),
+            token_epoch_s: 600,
+            cache_size_mb: 32,
+        }
+    }
+}
+
+/// What makes an offer rule fire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfferTrigger {
+    /// On entering a zone.
+    #[default]
+    Enter,
+    /// After dwelling `dwell_s` seconds in a zone.
+    Dwell,
+    /// On leaving a zone.
+    Exit,
+}
+
+/// `[[offers]]`: one offer trigger rule.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferConfig {
+    /// Stable id, sent in every trigger.
+    pub id: String,
+    /// Zones (by id) where the rule applies.
+    pub zones: Vec<String>,
+    /// `enter`, `dwell` or `exit`.
+    #[serde(default)]
+    pub trigger: OfferTrigger,
+    /// For `dwell`: seconds in the zone.
+    #[serde(default)]
+    pub dwell_s: Option<u64>,
+    /// Only customers in at least one of these segments (empty: everyone).
+    #[serde(default)]
+    pub segments_include: Vec<String>,
+    /// Never customers in any of these segments.
+    #[serde(default)]
+    pub segments_exclude: Vec<String>,
+    /// Higher wins when several rules match at once.
+    #[serde(default)]
+    pub priority: i32,
+    /// Seconds before the same customer can get this offer again.
+    #[serde(default = "defaults::cooldown_s")]
+    pub cooldown_s: u64,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human on a terminal, compact under systemd.
+    #[default]
+    Auto,
+    /// Coloured, multi-field human format.
+    Human,
+    /// One compact line per event, no colour codes.
+    Compact,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, or per-module like `beacond=debug,rumqttc=warn`. `RUST_LOG`
+    /// overrides it.
+    pub level: String,
+    /// `auto`, `human`, `compact` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+mod defaults {
+    pub fn enter_rssi() -> i16 {
+        -70
+    }
+    pub fn exit_rssi() -> i16 {
+        -80
+    }
+    pub fn min_enter_s() -> f64 {
+        2.0
+    }
+    pub fn absence_timeout_s() -> f64 {
+        15.0
+    }
+    pub fn dwell_marks_s() -> Vec<u64> {
+        vec![30, 120, 300]
+    }
+    pub fn cooldown_s() -> u64 {
+        86_400
+    }
+}
+
+/// One problem found in a config file, located in the source text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the file (1-based).
+    pub at: LineCol,
+    /// The key, as a dotted path (`zones[1].enter_rssi`), or `(syntax)` for a parse error.
+    pub key: String,
+    /// What is wrong and what would be valid.
+    pub message: String,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the config file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{}:{}:{}: {}: {}",
+            path.display(),
+            p.at.line,
+            p.at.col,
+            p.key,
+            p.message
+        ));
+    }
+    out
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Parses and validates config text; on failure returns every problem found.
+    ///
+    /// Syntax errors are all reported; a key of the wrong name or type stops deserialisation at the
+    /// first one (serde's limit); semantic checks run only on a file that deserialised, and all of
+    /// their problems are reported together.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let doc = locate::Document::parse(text)?;
+        let cfg = doc.deserialize::<Config>()?;
+        let mut problems: Vec<Problem> = validate::validate(&cfg)
+            .into_iter()
+            .map(|(path, message)| doc.problem_at(&path, message))
+            .collect();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            problems.sort_by_key(|p| p.at);
+            Err(problems)
+        }
+    }
+
+    /// The MQTT client id, derived from the hub's identity unless set.
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("beacond-{}-{}", self.hub.store_id, self.hub.hub_id))
+    }
+
+    /// A short human summary for `beacond check-config`.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "hub {}/{} (data in {})\nsource: {}",
+            self.hub.store_id,
+            self.hub.hub_id,
+            self.hub.data_dir.display(),
+            self.scan.source
+        );
+        match self.scan.source {
+            SourceKind::Bluez => s.push_str(&format!(" (adapter {})", self.scan.adapter)),
+            SourceKind::Replay => s.push_str(&format!(
+                " ({})",
+                self.scan
+                    .replay_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )),
+            SourceKind::Sim => s.push_str(&format!(" ({})", self.scan.sim_scenario)),
+        }
+        s.push_str(&format!("\nzones: {}", self.zones.len()));
+        for z in &self.zones {
+            s.push_str(&format!(
+                "\n  {:<16} enter {} dBm / exit {} dBm, after {} s, gone after {} s",
+                z.id, z.enter_rssi, z.exit_rssi, z.min_enter_s, z.absence_timeout_s
+            ));
+        }
+        s.push_str(&format!("\noffers: {}", self.offers.len()));
+        for o in &self.offers {
+            s.push_str(&format!(
+                "\n  {:<16} on {:?} in {}",
+                o.id,
+                o.trigger,
+                o.zones.join(", ")
+            ));
+        }
+        if self.mqtt.enabled {
+            s.push_str(&format!(
+                "\nmqtt: {} as {} (topics {}/{}/{}/…)",
+                self.mqtt.url,
+                self.mqtt_client_id(),
+                self.mqtt.topic_prefix,
+                self.hub.store_id,
+                self.hub.hub_id
+            ));
+        } else {
+            s.push_str("\nmqtt: disabled");
+        }
+        s
+    }
+}

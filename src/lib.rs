@@ -1,0 +1,12 @@
+//! beacond: an in-store Bluetooth LE presence daemon.
+//!
+//! The crate reads as a pipeline, one module per stage:
+//! scanning sources → [`decode`] → identity → presence → offers → sinks, wired together by [`daemon`].
+//! The stages in the middle are sans-IO: they take `now` as an argument and return events, so the
+//! simulator, the tests and the daemon all run the very same code.
+
+pub mod config;
+pub mod daemon;
+pub mod decode;
+pub mod logging;
+pub mod shutdown;

@@ -1,0 +1,155 @@
+//! The `beacond` command line.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use beacond::config::{Config, ConfigError};
+
+/// beacond: Bluetooth LE presence for in-store hubs.
+///
+/// Scans beacons and opted-in app advertisements, decides who is in which zone, fires offer
+/// triggers and publishes everything over MQTT to the central platform.
+#[derive(Parser, Debug)]
+#[command(name = "beacond", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon with a config file (what systemd starts).
+    Run {
+        /// The config file.
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/beacond/beacond.toml",
+            env = "BEACOND_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Check a config file: print a summary and exit 0, or every problem with FILE:LINE:COL and exit 2.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Decode advertising payloads given as hex: one JSON object per input, in order.
+    ///
+    /// Payloads come from the arguments, or one per line on stdin when there are none. Spaces and
+    /// colons between bytes are tolerated. A line that cannot be decoded gives {"error": "..."} naming
+    /// the byte offset; the command goes on and exits 1 at the end if any line failed.
+    Decode {
+        /// Hex payloads; read stdin when none are given.
+        payloads: Vec<String>,
+    },
+    /// Run the simulated store demo: the daemon's own pipeline on a built-in scenario.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Decode { payloads } => decode(payloads),
+        Command::Demo => {
+            eprintln!(
+                "beacond demo: the simulated store demo is not built yet (it arrives with the presence engine)."
+            );
+            Ok(ExitCode::from(3))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("beacond: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(&path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    beacond::logging::init(&cfg.log.level, cfg.log.format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let (trigger, shutdown) = beacond::shutdown::channel();
+        let daemon = tokio::spawn(beacond::daemon::run(cfg, shutdown));
+        let signal = beacond::shutdown::os_signal();
+        tokio::pin!(daemon);
+        tokio::select! {
+            sig = signal => {
+                tracing::info!(signal = sig.unwrap_or("signal"), "shutting down");
+                trigger.fire();
+                daemon.await.context("daemon task")??;
+            }
+            res = &mut daemon => res.context("daemon task")??,
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!("{}: OK", path.display());
+            println!("{}", cfg.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e @ ConfigError::Invalid { .. }) => {
+            eprintln!("{e}");
+            if let ConfigError::Invalid { problems, .. } = &e {
+                eprintln!("{} problem(s) found", problems.len());
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn decode(payloads: Vec<String>) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut failed = false;
+    let mut answer = |line: &str, out: &mut dyn Write| -> std::io::Result<()> {
+        let v = beacond::decode::json::decode_line(line).unwrap_or_else(|e| {
+            failed = true;
+            serde_json::json!({ "error": e })
+        });
+        writeln!(out, "{v}")
+    };
+    if payloads.is_empty() {
+        // Bytes, not `lines()`: a line of invalid UTF-8 must get its own error object, not end the run.
+        for line in std::io::stdin().lock().split(b'\n') {
+            let line = line.context("reading stdin")?;
+            answer(&String::from_utf8_lossy(&line), &mut out)?;
+        }
+    } else {
+        for p in &payloads {
+            answer(p, &mut out)?;
+        }
+    }
+    out.flush()?;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,219 @@
+//! The config contract: the example is valid and documents every key; mistakes exit 2 with
+//! FILE:LINE:COL messages that say what would be valid.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use beacond::config::Config;
+use predicates::prelude::*;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/beacond.example.toml");
+
+fn beacond() -> Command {
+    Command::cargo_bin("beacond").unwrap()
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn example_config_is_valid_and_summarised() {
+    beacond()
+        .args(["check-config", EXAMPLE])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("zones: 2"))
+        .stdout(predicate::str::contains("offers: 1"))
+        .stdout(predicate::str::contains("mqtt://localhost:1883"));
+}
+
+#[test]
+fn defaults_are_valid_and_an_empty_file_is_a_valid_config() {
+    assert_eq!(Config::parse("").unwrap(), Config::default());
+}
+
+/// Every key of every section must be documented in the example, so nobody has to read the source.
+#[test]
+fn example_documents_every_key() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let mut cfg = Config::default();
+    // Lists are empty by default; give them one entry so their keys are listed too.
+    let full = Config::parse(&text).unwrap();
+    cfg.zones = full.zones.clone();
+    cfg.offers = full.offers.clone();
+    let value = toml::Value::try_from(&cfg).unwrap();
+    let mut missing = Vec::new();
+    fn walk(v: &toml::Value, text: &str, missing: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, inner) in t {
+                    let documented = text.lines().any(|l| {
+                        let l = l.trim_start_matches(['#', ' ']);
+                        l.starts_with(&format!("{k} ="))
+                            || l.starts_with(&format!("[{k}]"))
+                            || l.starts_with(&format!("[[{k}]]"))
+                            || l.contains(&format!(".{k}]"))
+                    });
+                    if !documented {
+                        missing.push(k.clone());
+                    }
+                    walk(inner, text, missing);
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|i| walk(i, text, missing)),
+            _ => {}
+        }
+    }
+    walk(&value, &text, &mut missing);
+    // Optional keys without a default are not serialised; check them by name.
+    for k in [
+        "replay_file",
+        "hub =",
+        "measured_power",
+        "path_loss_exponent",
+        "client_id",
+        "username",
+        "password_file",
+        "ca_file",
+        "client_cert",
+        "client_key",
+        "platform_public_key",
+    ] {
+        if !text.contains(k) {
+            missing.push(k.to_owned());
+        }
+    }
+    assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+}
+
+#[test]
+fn misspelt_key_names_file_line_column_and_suggests() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "typo.toml",
+        "[[zones]]\nid = \"a\"\nenter_rsi = -70\n",
+    );
+    beacond()
+        .arg("check-config")
+        .arg(&p)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "{}:3:1: zones[0].enter_rsi: unknown key `enter_rsi`; did you mean `enter_rssi`?",
+            p.display()
+        )));
+}
+
+#[test]
+fn out_of_range_rssi_and_dangling_zone_reference_are_all_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[zones]]\nid = \"wine\"\nenter_rssi = -200\nexit_rssi = -210\n\n\
+                [[offers]]\nid = \"o1\"\nzones = [\"wnie\"]\n";
+    let p = write(&dir, "bad.toml", text);
+    let out = beacond()
+        .arg("check-config")
+        .arg(&p)
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    let f = p.display();
+    assert!(
+        err.contains(&format!(
+            "{f}:3:1: zones[0].enter_rssi: -200 dBm is out of range"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:4:1: zones[0].exit_rssi: -210 dBm is out of range"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:8:10: offers[0].zones[0]: no zone has id \"wnie\"; did you mean \"wine\"?"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("3 problem(s) found"), "{err}");
+}
+
+#[test]
+fn hysteresis_must_have_exit_below_enter() {
+    let problems =
+        Config::parse("[[zones]]\nid = \"a\"\nenter_rssi = -80\nexit_rssi = -70\n").unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].key, "zones[0].exit_rssi");
+    assert_eq!((problems[0].at.line, problems[0].at.col), (4, 1));
+    assert!(problems[0].message.contains("must be below enter_rssi"));
+}
+
+#[test]
+fn a_problem_with_a_default_value_points_at_its_table() {
+    // exit_rssi is left at its default (-80), which is above this enter_rssi.
+    let problems = Config::parse("\n[[zones]]\nid = \"a\"\nenter_rssi = -90\n").unwrap_err();
+    assert_eq!(problems[0].key, "zones[0].exit_rssi");
+    assert_eq!(problems[0].at.line, 2);
+}
+
+#[test]
+fn duplicate_ids_bad_urls_and_keys_are_rejected() {
+    let text = r#"
+[hub]
+store_id = "store/1"
+[[zones]]
+id = "a"
+[[zones]]
+id = "a"
+[mqtt]
+url = "tcp://broker"
+topic_prefix = "beacond/#"
+[identity]
+platform_public_key = "abc"
+app_service_uuid = "not-a-uuid"
+"#;
+    let problems = Config::parse(text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "hub.store_id",
+            "zones[1].id",
+            "mqtt.url",
+            "mqtt.topic_prefix",
+            "identity.platform_public_key",
+            "identity.app_service_uuid"
+        ]
+    );
+}
+
+#[test]
+fn wrong_type_and_syntax_errors_are_located() {
+    let p = Config::parse("[hub]\nstore_id = 5\n").unwrap_err();
+    assert_eq!(
+        (p[0].key.as_str(), p[0].at.line, p[0].at.col),
+        ("hub.store_id", 2, 12)
+    );
+    assert!(p[0].message.contains("expected a string"));
+    let p = Config::parse("[hub\n").unwrap_err();
+    assert_eq!(p[0].key, "(syntax)");
+    assert_eq!(p[0].at.line, 1);
+}
+
+#[test]
+fn unreadable_file_is_a_clear_error() {
+    beacond()
+        .args(["check-config", "/nonexistent/beacond.toml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "/nonexistent/beacond.toml: cannot read the config file",
+        ));
+    assert!(!Path::new("/nonexistent").exists());
+}
