@@ -8,5 +8,8 @@
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod identity;
 pub mod logging;
+pub mod presence;
 pub mod shutdown;
+pub mod time;

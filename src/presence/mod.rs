@@ -1,0 +1,897 @@
+//! Presence stage: noisy RSSI in, `enter` / `dwell` / `exit` out.
+//!
+//! Sans-IO, after `quinn-proto`: the [`Engine`] is fed `(now, observation)`, asked
+//! [`Engine::poll_timeout`], and woken with [`Engine::handle_timeout`]; it never reads a clock and never
+//! does I/O, so the simulator runs an hour of a store in seconds through the very code the daemon runs.
+//!
+//! How a zone is decided:
+//! - every (identity, hub) pair has a smoothed RSSI ([`filter`]);
+//! - a zone *qualifies* while its hub's smoothed RSSI stays at or above `enter_rssi`; after
+//!   `min_enter_s` of that, the identity may enter it;
+//! - it leaves when the smoothed RSSI drops below `exit_rssi` (hysteresis: below `enter_rssi`), or when
+//!   the zone's hub has not heard it for `absence_timeout_s` (inclusive: exactly at the boundary counts);
+//! - when several zones qualify, the strongest smoothed signal wins, and a customer inside a zone only
+//!   moves to another one that is `switch_margin_db` stronger, so standing on a boundary does not
+//!   ping-pong. Between nested zones of one hub, the tighter zone (higher `enter_rssi`) wins.
+//!
+//! Anonymous devices go through the same logic but only ever feed [`Headcount`]s.
+
+pub mod filter;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use crate::config::{PresenceConfig, ZoneConfig};
+use crate::identity::{CustomerKey, Identity, TagKey};
+use crate::time::Timestamp;
+use filter::{FilterKind, FilterParams, Smoother};
+
+/// An index into the engine's hub list.
+pub type HubIdx = u16;
+/// An index into the engine's zone list.
+pub type ZoneIdx = u16;
+
+/// One advertisement heard, as the presence engine needs it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Observation {
+    /// Who it is.
+    pub identity: Identity,
+    /// Which hub heard it.
+    pub hub: HubIdx,
+    /// Received signal strength, dBm.
+    pub rssi: i16,
+    /// The power at 1 m the advertisement states, if any.
+    pub measured_power: Option<i8>,
+}
+
+/// Who a published event is about: never an anonymous device, by construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A customer who opted in.
+    Customer(CustomerKey),
+    /// A registered beacon.
+    Tag(TagKey),
+}
+
+/// Why a visit ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The smoothed signal fell below `exit_rssi`.
+    Signal,
+    /// Not heard for `absence_timeout_s`.
+    Absence,
+    /// Moved to a stronger zone.
+    Moved,
+    /// Dropped to keep memory bounded.
+    Evicted,
+}
+
+impl ExitReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Signal => "signal",
+            ExitReason::Absence => "absence",
+            ExitReason::Moved => "moved",
+            ExitReason::Evicted => "evicted",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum VisitKind {
+    /// Entered the zone.
+    Enter,
+    /// Still in the zone at a dwell mark.
+    Dwell {
+        /// The mark, seconds into the visit.
+        mark_s: u64,
+    },
+    /// Left the zone.
+    Exit {
+        /// How long the visit lasted, seconds.
+        duration_s: f64,
+        /// Why it ended.
+        reason: ExitReason,
+    },
+}
+
+/// An enter, dwell or exit of a known subject.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VisitEvent {
+    /// What happened.
+    pub kind: VisitKind,
+    /// About whom.
+    pub subject: Subject,
+    /// Where.
+    pub zone: ZoneIdx,
+    /// When the engine decided it.
+    pub at: Timestamp,
+    /// When the visit began.
+    pub entered_at: Timestamp,
+    /// Smoothed RSSI at the decision, dBm.
+    pub rssi: f32,
+    /// Estimated distance to the zone's hub, metres (log-distance model; indicative only).
+    pub distance_m: f32,
+    /// First advertisement that justified the event.
+    pub first_seen: Timestamp,
+    /// Last advertisement that justified the event.
+    pub last_seen: Timestamp,
+}
+
+/// Devices per zone over one interval: the only thing anonymous devices ever feed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Headcount {
+    /// Start of the interval.
+    pub start: Timestamp,
+    /// End of the interval.
+    pub end: Timestamp,
+    /// Per zone (index = zone): distinct anonymous devices and distinct known subjects that were in
+    /// the zone at some time during the interval.
+    pub zones: Vec<ZoneCount>,
+}
+
+/// One zone's counts in a [`Headcount`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZoneCount {
+    /// Distinct anonymous devices.
+    pub anonymous: u32,
+    /// Distinct customers and tags.
+    pub known: u32,
+}
+
+/// An engine output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A visit event of a known subject.
+    Visit(VisitEvent),
+    /// A periodic headcount.
+    Headcount(Headcount),
+}
+
+/// A zone as the engine uses it: thresholds in the units of the hot path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Zone {
+    /// The configured id.
+    pub id: String,
+    /// The hub that measures it.
+    pub hub: HubIdx,
+    enter_rssi: f32,
+    exit_rssi: f32,
+    min_enter_ms: u64,
+    absence_ms: u64,
+    dwell_marks_ms: Vec<u64>,
+    measured_power: Option<f32>,
+    exponent: f32,
+}
+
+/// Engine settings beyond the zones.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EngineParams {
+    /// The smoothing filter and its tuning.
+    pub filter: FilterParams,
+    /// dB another hub's zone must be stronger by before a device moves there.
+    pub switch_margin_db: f32,
+    /// The most tracked identities.
+    pub max_tracked: usize,
+    /// Headcount interval, ms.
+    pub headcount_interval_ms: u64,
+    /// Power at 1 m for devices that state none, dBm.
+    pub measured_power: f32,
+    /// Default path-loss exponent.
+    pub exponent: f32,
+    /// Exit below `exit_rssi` (true) or as soon as the signal is below `enter_rssi` (false).
+    pub hysteresis: bool,
+    /// Require `min_enter_s` before entering (false: enter on the first qualifying sample).
+    pub sustain: bool,
+}
+
+impl EngineParams {
+    /// The settings of `[presence]`.
+    pub fn from_config(p: &PresenceConfig) -> EngineParams {
+        EngineParams {
+            filter: FilterParams::tuned(p.filter.into()),
+            switch_margin_db: p.switch_margin_db as f32,
+            max_tracked: p.max_tracked.max(1),
+            headcount_interval_ms: p.headcount_interval_s.max(1) * 1000,
+            measured_power: p.measured_power as f32,
+            exponent: p.path_loss_exponent as f32,
+            hysteresis: true,
+            sustain: true,
+        }
+    }
+
+    /// The naive baseline: raw RSSI against the same thresholds, no smoothing, no hysteresis, no
+    /// sustain time, no switching margin. `beacond simulate` scores it next to the engine.
+    pub fn baseline(p: &PresenceConfig) -> EngineParams {
+        EngineParams {
+            filter: FilterParams::tuned(FilterKind::Raw),
+            switch_margin_db: 0.0,
+            hysteresis: false,
+            sustain: false,
+            ..EngineParams::from_config(p)
+        }
+    }
+}
+
+/// Counters for `stats` and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Observations handled.
+    pub observations: u64,
+    /// Observations older than the engine's clock (handled at the engine's time).
+    pub late_observations: u64,
+    /// Tracks evicted to stay under `max_tracked`.
+    pub evictions: u64,
+    /// Tracks forgotten after silence.
+    pub expired: u64,
+}
+
+#[derive(Clone, Debug)]
+struct HubState {
+    hub: HubIdx,
+    smoother: Smoother,
+    last_heard: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Visit {
+    zone: ZoneIdx,
+    entered_at: Timestamp,
+    first_seen: Timestamp,
+    next_mark: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Track {
+    identity: Identity,
+    hubs: SmallVec<[HubState; 2]>,
+    /// Zones whose threshold the signal has stayed above, and since when.
+    qualified: SmallVec<[(ZoneIdx, Timestamp); 2]>,
+    visit: Option<Visit>,
+    last_heard: Timestamp,
+    measured_power: Option<i8>,
+    /// Earliest deadline this track has in the timer heap (u64::MAX: none).
+    scheduled: u64,
+    counted_interval: u64,
+    counted_zones: SmallVec<[ZoneIdx; 2]>,
+}
+
+impl Track {
+    fn hub(&self, hub: HubIdx) -> Option<&HubState> {
+        self.hubs.iter().find(|h| h.hub == hub)
+    }
+}
+
+/// The presence engine. See the module documentation for the rules.
+#[derive(Debug)]
+pub struct Engine {
+    zones: Vec<Zone>,
+    zones_by_hub: Vec<SmallVec<[ZoneIdx; 4]>>,
+    hubs: Vec<String>,
+    params: EngineParams,
+    tracks: Vec<Option<Track>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    index: FxHashMap<Identity, u32>,
+    timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    now: Timestamp,
+    /// How long a track with no visit is kept after it was last heard.
+    forget_ms: u64,
+    interval: Option<u64>,
+    counts: Vec<ZoneCount>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// An engine for `zones`; zones without a `hub` belong to `default_hub`, which is hub 0.
+    pub fn new(zones: &[ZoneConfig], params: EngineParams, default_hub: &str) -> Engine {
+        let mut hubs = vec![default_hub.to_owned()];
+        let mut engine_zones = Vec::with_capacity(zones.len());
+        for z in zones {
+            let name = z.hub.as_deref().unwrap_or(default_hub);
+            let hub = match hubs.iter().position(|h| h == name) {
+                Some(i) => i,
+                None => {
+                    hubs.push(name.to_owned());
+                    hubs.len() - 1
+                }
+            } as HubIdx;
+            engine_zones.push(Zone {
+                id: z.id.clone(),
+                hub,
+                enter_rssi: z.enter_rssi as f32,
+                exit_rssi: if params.hysteresis {
+                    z.exit_rssi as f32
+                } else {
+                    z.enter_rssi as f32
+                },
+                min_enter_ms: if params.sustain {
+                    (z.min_enter_s * 1000.0).round() as u64
+                } else {
+                    0
+                },
+                absence_ms: (z.absence_timeout_s * 1000.0).round().max(1.0) as u64,
+                dwell_marks_ms: z.dwell_marks_s.iter().map(|s| s * 1000).collect(),
+                measured_power: z.measured_power.map(f32::from),
+                exponent: z.path_loss_exponent.map_or(params.exponent, |e| e as f32),
+            });
+        }
+        let mut zones_by_hub = vec![SmallVec::new(); hubs.len()];
+        for (i, z) in engine_zones.iter().enumerate() {
+            zones_by_hub[z.hub as usize].push(i as ZoneIdx);
+        }
+        let forget_ms = engine_zones
+            .iter()
+            .map(|z| z.absence_ms)
+            .max()
+            .unwrap_or(15_000);
+        Engine {
+            counts: vec![ZoneCount::default(); engine_zones.len()],
+            zones: engine_zones,
+            zones_by_hub,
+            hubs,
+            params,
+            tracks: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            index: FxHashMap::default(),
+            timers: BinaryHeap::new(),
+            now: Timestamp(0),
+            forget_ms,
+            interval: None,
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The zones, by index.
+    pub fn zones(&self) -> &[Zone] {
+        &self.zones
+    }
+
+    /// The hubs, by index; hub 0 is the default hub.
+    pub fn hubs(&self) -> &[String] {
+        &self.hubs
+    }
+
+    /// The index of a hub by name.
+    pub fn hub_index(&self, name: &str) -> Option<HubIdx> {
+        self.hubs
+            .iter()
+            .position(|h| h == name)
+            .map(|i| i as HubIdx)
+    }
+
+    /// The index of a zone by id.
+    pub fn zone_index(&self, id: &str) -> Option<ZoneIdx> {
+        self.zones
+            .iter()
+            .position(|z| z.id == id)
+            .map(|i| i as ZoneIdx)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// How many identities are tracked now, and how many of them are anonymous.
+    pub fn tracked(&self) -> (usize, usize) {
+        let anon = self.index.keys().filter(|i| i.is_anonymous()).count();
+        (self.index.len(), anon)
+    }
+
+    /// The zone an identity is in now, if any.
+    pub fn zone_of(&self, identity: &Identity) -> Option<ZoneIdx> {
+        let slot = *self.index.get(identity)?;
+        self.tracks[slot as usize].as_ref()?.visit.map(|v| v.zone)
+    }
+
+    /// The smoothed RSSI of an identity at a hub, if it is tracked there.
+    pub fn smoothed_rssi(&self, identity: &Identity, hub: HubIdx) -> Option<f32> {
+        let slot = *self.index.get(identity)?;
+        let t = self.tracks[slot as usize].as_ref()?;
+        t.hub(hub).map(|h| h.smoother.value())
+    }
+
+    /// Estimated distance (m) for a smoothed RSSI in a zone, using the advertised power if known.
+    pub fn distance_m(&self, zone: ZoneIdx, rssi: f32, advertised_power: Option<i8>) -> f32 {
+        let z = &self.zones[zone as usize];
+        let power = advertised_power
+            .map(f32::from)
+            .or(z.measured_power)
+            .unwrap_or(self.params.measured_power);
+        distance_m(power, rssi, z.exponent)
+    }
+
+    /// The next time the engine must be woken, if any.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let timer = self.timers.peek().map(|Reverse((d, _, _))| *d);
+        let tick = self
+            .interval
+            .map(|i| (i + 1) * self.params.headcount_interval_ms);
+        match (timer, tick) {
+            (Some(a), Some(b)) => Some(Timestamp(a.min(b))),
+            (a, b) => a.or(b).map(Timestamp),
+        }
+    }
+
+    /// Handles every deadline up to and including `now`, in time order.
+    pub fn handle_timeout(&mut self, now: Timestamp, out: &mut Vec<Event>) {
+        loop {
+            let timer = self.timers.peek().map(|Reverse((d, _, _))| *d);
+            let tick = self
+                .interval
+                .map(|i| (i + 1) * self.params.headcount_interval_ms);
+            let next = match (timer, tick) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            if next > now.0 {
+                break;
+            }
+            if tick == Some(next) && timer.is_none_or(|t| t >= next) {
+                self.headcount_tick(Timestamp(next), now, out);
+                continue;
+            }
+            let Some(Reverse((deadline, slot, gen))) = self.timers.pop() else {
+                break;
+            };
+            self.now = self.now.max(Timestamp(deadline));
+            if self.generations[slot as usize] != gen {
+                continue;
+            }
+            self.on_deadline(slot, Timestamp(deadline), out);
+        }
+        self.now = self.now.max(now);
+    }
+
+    /// Handles one observation at `now`. Deadlines up to `now` are handled first, so a timeout that
+    /// falls exactly on `now` fires before the observation is applied.
+    pub fn handle_observation(&mut self, now: Timestamp, obs: Observation, out: &mut Vec<Event>) {
+        self.stats.observations += 1;
+        if now < self.now {
+            // Out of order (a source batching adverts): apply it at the engine's time so no duration
+            // goes negative and no deadline moves back.
+            self.stats.late_observations += 1;
+        }
+        self.handle_timeout(now, out);
+        let now = self.now;
+        if self.interval.is_none() {
+            self.interval = Some(now.0 / self.params.headcount_interval_ms);
+        }
+        if obs.hub as usize >= self.hubs.len() {
+            return;
+        }
+        let slot = match self.index.get(&obs.identity) {
+            Some(&s) => s,
+            None => self.insert(obs.identity, now, out),
+        };
+        let params = self.params.filter;
+        let track = self.tracks[slot as usize]
+            .as_mut()
+            .expect("indexed slots hold a track");
+        track.last_heard = now;
+        if obs.measured_power.is_some() {
+            track.measured_power = obs.measured_power;
+        }
+        let rssi = obs.rssi as f32;
+        let stale_after = self.zones_by_hub[obs.hub as usize]
+            .iter()
+            .map(|&z| self.zones[z as usize].absence_ms)
+            .max()
+            .unwrap_or(self.forget_ms);
+        let fresh_start = match track.hubs.iter_mut().find(|h| h.hub == obs.hub) {
+            Some(h) => {
+                let gap = now.since(h.last_heard);
+                if gap >= stale_after {
+                    // Silent for longer than the zone's absence timeout: start over rather than
+                    // blend a value from a visit that already ended.
+                    h.smoother = Smoother::new(&params, rssi);
+                } else {
+                    h.smoother.update(&params, gap as f32 / 1000.0, rssi);
+                }
+                h.last_heard = now;
+                gap >= stale_after
+            }
+            None => {
+                track.hubs.push(HubState {
+                    hub: obs.hub,
+                    smoother: Smoother::new(&params, rssi),
+                    last_heard: now,
+                });
+                true
+            }
+        };
+        self.evaluate(slot, obs.hub, fresh_start, now, out);
+    }
+
+    /// Forgets an identity at once, without any event (opt-out: nothing more about them may leave).
+    pub fn forget(&mut self, identity: &Identity) -> bool {
+        match self.index.remove(identity) {
+            Some(slot) => {
+                self.release(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, identity: Identity, now: Timestamp, out: &mut Vec<Event>) -> u32 {
+        if self.index.len() >= self.params.max_tracked {
+            self.evict(now, out);
+        }
+        let track = Track {
+            identity,
+            hubs: SmallVec::new(),
+            qualified: SmallVec::new(),
+            visit: None,
+            last_heard: now,
+            measured_power: None,
+            scheduled: u64::MAX,
+            counted_interval: u64::MAX,
+            counted_zones: SmallVec::new(),
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.tracks[s as usize] = Some(track);
+                s
+            }
+            None => {
+                self.tracks.push(Some(track));
+                self.generations.push(0);
+                (self.tracks.len() - 1) as u32
+            }
+        };
+        self.index.insert(identity, slot);
+        slot
+    }
+
+    fn release(&mut self, slot: u32) {
+        self.tracks[slot as usize] = None;
+        // A new generation invalidates the timers the old track left in the heap.
+        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        self.free.push(slot);
+    }
+
+    /// Frees a batch of the longest-silent tracks, anonymous ones first, so eviction costs O(1)
+    /// amortised per insert.
+    fn evict(&mut self, now: Timestamp, out: &mut Vec<Event>) {
+        let batch = (self.params.max_tracked / 64).max(1);
+        let mut anon: Vec<(Timestamp, u32)> = Vec::new();
+        let mut known: Vec<(Timestamp, u32)> = Vec::new();
+        for (slot, t) in self.tracks.iter().enumerate() {
+            if let Some(t) = t {
+                let entry = (t.last_heard, slot as u32);
+                if t.identity.is_anonymous() {
+                    anon.push(entry);
+                } else {
+                    known.push(entry);
+                }
+            }
+        }
+        let mut victims = Vec::with_capacity(batch);
+        for pool in [&mut anon, &mut known] {
+            let need = batch - victims.len();
+            if need == 0 {
+                break;
+            }
+            if pool.len() > need {
+                pool.select_nth_unstable(need);
+                pool.truncate(need);
+            }
+            victims.extend(pool.iter().map(|&(_, s)| s));
+        }
+        for slot in victims {
+            if self.tracks[slot as usize]
+                .as_ref()
+                .is_some_and(|t| t.visit.is_some())
+            {
+                self.exit(slot, now, ExitReason::Evicted, out);
+            }
+            let identity = self.tracks[slot as usize]
+                .as_ref()
+                .map(|t| t.identity)
+                .expect("victims are live tracks");
+            self.index.remove(&identity);
+            self.release(slot);
+            self.stats.evictions += 1;
+        }
+    }
+
+    fn evaluate(
+        &mut self,
+        slot: u32,
+        heard_on: HubIdx,
+        fresh_start: bool,
+        now: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        let params = self.params;
+        let track = self.tracks[slot as usize].as_mut().expect("live track");
+        let value = track
+            .hub(heard_on)
+            .map(|h| h.smoother.value())
+            .unwrap_or(f32::MIN);
+        // Update which zones of this hub the signal stays above.
+        for &z in &self.zones_by_hub[heard_on as usize] {
+            let above = value >= self.zones[z as usize].enter_rssi;
+            let pos = track.qualified.iter().position(|(q, _)| *q == z);
+            match (above, pos) {
+                (true, None) => track.qualified.push((z, now)),
+                (true, Some(i)) if fresh_start => track.qualified[i].1 = now,
+                (false, Some(i)) => {
+                    track.qualified.swap_remove(i);
+                }
+                _ => {}
+            }
+        }
+        // Leave the current zone when its own hub's signal falls below the exit threshold.
+        if let Some(v) = track.visit {
+            let zone = &self.zones[v.zone as usize];
+            if zone.hub == heard_on && value < zone.exit_rssi {
+                self.exit(slot, now, ExitReason::Signal, out);
+            }
+        }
+        let track = self.tracks[slot as usize].as_ref().expect("live track");
+        // The strongest zone that has qualified long enough, on a hub that still hears the device.
+        let mut best: Option<(ZoneIdx, f32, Timestamp)> = None;
+        for &(z, since) in &track.qualified {
+            let zone = &self.zones[z as usize];
+            let Some(h) = track.hub(zone.hub) else {
+                continue;
+            };
+            if now.since(since) < zone.min_enter_ms || now.since(h.last_heard) >= zone.absence_ms {
+                continue;
+            }
+            let v = h.smoother.value();
+            let better = match best {
+                None => true,
+                Some((b, bv, _)) => {
+                    v > bv || (v == bv && zone.enter_rssi > self.zones[b as usize].enter_rssi)
+                }
+            };
+            if better {
+                best = Some((z, v, since));
+            }
+        }
+        if let Some((b, bv, since)) = best {
+            match track.visit {
+                None => self.enter(slot, b, since, now, out),
+                Some(v) if v.zone != b => {
+                    let cur = &self.zones[v.zone as usize];
+                    let cand = &self.zones[b as usize];
+                    let cur_v = track
+                        .hub(cur.hub)
+                        .map(|h| h.smoother.value())
+                        .unwrap_or(f32::MIN);
+                    let switch = if cur.hub == cand.hub {
+                        cand.enter_rssi > cur.enter_rssi
+                    } else {
+                        bv >= cur_v + params.switch_margin_db
+                    };
+                    if switch {
+                        self.exit(slot, now, ExitReason::Moved, out);
+                        self.enter(slot, b, since, now, out);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        self.schedule(slot);
+    }
+
+    fn enter(
+        &mut self,
+        slot: u32,
+        zone: ZoneIdx,
+        since: Timestamp,
+        now: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        let track = self.tracks[slot as usize].as_mut().expect("live track");
+        track.visit = Some(Visit {
+            zone,
+            entered_at: now,
+            first_seen: since,
+            next_mark: 0,
+        });
+        let interval = self.interval.unwrap_or(0);
+        count_in(track, zone, interval, &mut self.counts);
+        self.emit(slot, VisitKind::Enter, now, since, now, out);
+    }
+
+    fn exit(&mut self, slot: u32, now: Timestamp, reason: ExitReason, out: &mut Vec<Event>) {
+        let track = self.tracks[slot as usize].as_mut().expect("live track");
+        let Some(v) = track.visit else {
+            return;
+        };
+        let last_seen = track
+            .hub(self.zones[v.zone as usize].hub)
+            .map_or(track.last_heard, |h| h.last_heard);
+        let kind = VisitKind::Exit {
+            duration_s: now.secs_since(v.entered_at),
+            reason,
+        };
+        self.emit(slot, kind, now, v.first_seen, last_seen, out);
+        let track = self.tracks[slot as usize].as_mut().expect("live track");
+        track.visit = None;
+        // Re-entering needs a fresh sustained qualification.
+        track.qualified.retain(|(z, _)| *z != v.zone);
+    }
+
+    fn emit(
+        &self,
+        slot: u32,
+        kind: VisitKind,
+        at: Timestamp,
+        first_seen: Timestamp,
+        last_seen: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        let track = self.tracks[slot as usize].as_ref().expect("live track");
+        let subject = match track.identity {
+            Identity::Customer(c) => Subject::Customer(c),
+            Identity::Tag(t) => Subject::Tag(t),
+            Identity::Anonymous(_) => return,
+        };
+        let Some(v) = track.visit else {
+            return;
+        };
+        let zone = &self.zones[v.zone as usize];
+        let rssi = track.hub(zone.hub).map_or(f32::NAN, |h| h.smoother.value());
+        out.push(Event::Visit(VisitEvent {
+            kind,
+            subject,
+            zone: v.zone,
+            at,
+            entered_at: v.entered_at,
+            rssi,
+            distance_m: self.distance_m(v.zone, rssi, track.measured_power),
+            first_seen,
+            last_seen,
+        }));
+    }
+
+    /// The next deadline of a track: absence or dwell mark during a visit, forgetting otherwise.
+    fn next_deadline(&self, track: &Track) -> u64 {
+        match track.visit {
+            Some(v) => {
+                let zone = &self.zones[v.zone as usize];
+                let heard = track
+                    .hub(zone.hub)
+                    .map_or(track.last_heard, |h| h.last_heard);
+                let absence = heard.0 + zone.absence_ms;
+                let mark = zone
+                    .dwell_marks_ms
+                    .get(v.next_mark)
+                    .map_or(u64::MAX, |m| v.entered_at.0 + m);
+                absence.min(mark)
+            }
+            None => track.last_heard.0 + self.forget_ms,
+        }
+    }
+
+    fn schedule(&mut self, slot: u32) {
+        let track = self.tracks[slot as usize].as_ref().expect("live track");
+        let next = self.next_deadline(track);
+        if next < track.scheduled {
+            self.timers
+                .push(Reverse((next, slot, self.generations[slot as usize])));
+            self.tracks[slot as usize]
+                .as_mut()
+                .expect("live track")
+                .scheduled = next;
+        }
+    }
+
+    fn on_deadline(&mut self, slot: u32, at: Timestamp, out: &mut Vec<Event>) {
+        let track = self.tracks[slot as usize].as_mut().expect("live track");
+        if at.0 >= track.scheduled {
+            track.scheduled = u64::MAX;
+        }
+        // Dwell marks first: a mark reached before the absence deadline still counts.
+        while let Some(v) = self.tracks[slot as usize].as_ref().and_then(|t| t.visit) {
+            let zone = &self.zones[v.zone as usize];
+            let Some(&mark) = zone.dwell_marks_ms.get(v.next_mark) else {
+                break;
+            };
+            let heard = {
+                let t = self.tracks[slot as usize].as_ref().expect("live track");
+                t.hub(zone.hub).map_or(t.last_heard, |h| h.last_heard)
+            };
+            let mark_at = v.entered_at.0 + mark;
+            if mark_at > at.0 || mark_at > heard.0 + zone.absence_ms {
+                break;
+            }
+            let track = self.tracks[slot as usize].as_mut().expect("live track");
+            if let Some(v) = track.visit.as_mut() {
+                v.next_mark += 1;
+            }
+            let last = heard;
+            self.emit(
+                slot,
+                VisitKind::Dwell {
+                    mark_s: mark / 1000,
+                },
+                Timestamp(mark_at),
+                v.first_seen,
+                last,
+                out,
+            );
+        }
+        let track = self.tracks[slot as usize].as_ref().expect("live track");
+        if let Some(v) = track.visit {
+            let zone = &self.zones[v.zone as usize];
+            let heard = track
+                .hub(zone.hub)
+                .map_or(track.last_heard, |h| h.last_heard);
+            let absence_at = heard.0 + zone.absence_ms;
+            if absence_at <= at.0 {
+                self.exit(slot, Timestamp(absence_at), ExitReason::Absence, out);
+            }
+        }
+        let track = self.tracks[slot as usize].as_ref().expect("live track");
+        if track.visit.is_none() && track.last_heard.0 + self.forget_ms <= at.0 {
+            let identity = track.identity;
+            self.index.remove(&identity);
+            self.release(slot);
+            self.stats.expired += 1;
+            return;
+        }
+        self.schedule(slot);
+    }
+
+    fn headcount_tick(&mut self, end: Timestamp, now: Timestamp, out: &mut Vec<Event>) {
+        let ms = self.params.headcount_interval_ms;
+        let start = Timestamp(end.0 - ms);
+        let zones = std::mem::replace(
+            &mut self.counts,
+            vec![ZoneCount::default(); self.zones.len()],
+        );
+        out.push(Event::Headcount(Headcount { start, end, zones }));
+        // After a gap of hours, skip the empty intervals rather than emit one per minute missed.
+        let next = if now.0 >= end.0 + ms {
+            now.0 / ms
+        } else {
+            end.0 / ms
+        };
+        self.interval = Some(next);
+        for t in self.tracks.iter_mut().flatten() {
+            if let Some(v) = t.visit {
+                count_in(t, v.zone, next, &mut self.counts);
+            }
+        }
+    }
+}
+
+fn count_in(track: &mut Track, zone: ZoneIdx, interval: u64, counts: &mut [ZoneCount]) {
+    if track.counted_interval != interval {
+        track.counted_interval = interval;
+        track.counted_zones.clear();
+    }
+    if track.counted_zones.contains(&zone) {
+        return;
+    }
+    track.counted_zones.push(zone);
+    let c = &mut counts[zone as usize];
+    if track.identity.is_anonymous() {
+        c.anonymous += 1;
+    } else {
+        c.known += 1;
+    }
+}
+
+/// Log-distance path loss: `d = 10^((P1m − RSSI) / (10·n))`, in metres.
+pub fn distance_m(power_1m: f32, rssi: f32, exponent: f32) -> f32 {
+    10f32.powf((power_1m - rssi) / (10.0 * exponent))
+}
+
+#[cfg(test)]
+mod tests;

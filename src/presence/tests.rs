@@ -1,0 +1,413 @@
+//! Every state transition of the engine, with a simulated clock.
+
+use super::*;
+use crate::config::{PresenceConfig, SmoothingFilter, ZoneConfig};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn zone(id: &str, hub: Option<&str>, enter: i16, exit: i16) -> ZoneConfig {
+    ZoneConfig {
+        hub: hub.map(str::to_owned),
+        enter_rssi: enter,
+        exit_rssi: exit,
+        min_enter_s: 2.0,
+        absence_timeout_s: 10.0,
+        dwell_marks_s: vec![30, 120],
+        ..ZoneConfig::new(id)
+    }
+}
+
+fn params(max_tracked: usize) -> EngineParams {
+    let mut p = EngineParams::from_config(&PresenceConfig {
+        max_tracked,
+        ..PresenceConfig::default()
+    });
+    // Raw samples make the thresholds exact, so the tests read as the rules; smoothing has tests of
+    // its own in `filter`.
+    p.filter = FilterParams::tuned(FilterKind::Raw);
+    p
+}
+
+struct Harness {
+    engine: Engine,
+    now: u64,
+    events: Vec<Event>,
+}
+
+const ALICE: Identity = Identity::Customer(CustomerKey(0));
+const BOB: Identity = Identity::Customer(CustomerKey(1));
+
+impl Harness {
+    fn new(zones: &[ZoneConfig]) -> Harness {
+        Harness::with(zones, params(10_000))
+    }
+
+    fn with(zones: &[ZoneConfig], p: EngineParams) -> Harness {
+        Harness {
+            engine: Engine::new(zones, p, "hub-1"),
+            now: T0,
+            events: Vec::new(),
+        }
+    }
+
+    fn hear(&mut self, who: Identity, hub: HubIdx, rssi: i16) {
+        let obs = Observation {
+            identity: who,
+            hub,
+            rssi,
+            measured_power: Some(-59),
+        };
+        self.engine
+            .handle_observation(Timestamp(self.now), obs, &mut self.events);
+    }
+
+    /// Hears `who` every 200 ms for `secs` seconds at `rssi`.
+    fn hear_for(&mut self, who: Identity, hub: HubIdx, rssi: i16, secs: f64) {
+        let end = self.now + (secs * 1000.0) as u64;
+        while self.now < end {
+            self.hear(who, hub, rssi);
+            self.now += 200;
+        }
+    }
+
+    fn advance_to(&mut self, t: u64) {
+        self.now = t;
+        self.engine.handle_timeout(Timestamp(t), &mut self.events);
+    }
+
+    fn visits(&mut self) -> Vec<(VisitKind, ZoneIdx, u64)> {
+        self.events
+            .drain(..)
+            .filter_map(|e| match e {
+                Event::Visit(v) => Some((v.kind, v.zone, v.at.0 - T0)),
+                Event::Headcount(_) => None,
+            })
+            .collect()
+    }
+
+    fn headcounts(&mut self) -> Vec<Headcount> {
+        self.events
+            .drain(..)
+            .filter_map(|e| match e {
+                Event::Headcount(h) => Some(h),
+                Event::Visit(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn enters_only_after_the_signal_stays_above_for_min_enter() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 1.8);
+    assert!(h.visits().is_empty(), "entered before min_enter_s");
+    h.hear_for(ALICE, 0, -65, 0.4);
+    assert_eq!(h.visits(), vec![(VisitKind::Enter, 0, 2000)]);
+}
+
+#[test]
+fn a_spike_shorter_than_min_enter_does_not_enter() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 1.0);
+    h.hear_for(ALICE, 0, -75, 1.0);
+    h.hear_for(ALICE, 0, -65, 1.0);
+    assert!(h.visits().is_empty());
+}
+
+#[test]
+fn enter_event_carries_the_adverts_that_justified_it() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 2.2);
+    let Event::Visit(v) = h.events[0] else {
+        panic!("{:?}", h.events)
+    };
+    assert_eq!(v.subject, Subject::Customer(CustomerKey(0)));
+    assert_eq!(v.first_seen, Timestamp(T0));
+    assert_eq!(v.last_seen, Timestamp(T0 + 2000));
+    assert_eq!(v.rssi, -65.0);
+    // -59 dBm at 1 m, -65 dBm heard, n = 2.2: 10^(6/22) ≈ 1.87 m.
+    assert!((v.distance_m - 1.874).abs() < 0.01, "{}", v.distance_m);
+}
+
+#[test]
+fn hysteresis_keeps_a_visit_between_exit_and_enter_thresholds() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 3.0);
+    h.hear_for(ALICE, 0, -76, 5.0);
+    assert_eq!(h.visits(), vec![(VisitKind::Enter, 0, 2000)]);
+    h.hear(ALICE, 0, -81);
+    let v = h.visits();
+    assert_eq!(v.len(), 1);
+    assert!(matches!(
+        v[0].0,
+        VisitKind::Exit {
+            reason: ExitReason::Signal,
+            ..
+        }
+    ));
+    assert_eq!(v[0].2, 8000);
+}
+
+#[test]
+fn exit_reports_the_visit_duration() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 12.0);
+    h.hear(ALICE, 0, -90);
+    let exit = h
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Visit(v) if matches!(v.kind, VisitKind::Exit { .. }) => Some(*v),
+            _ => None,
+        })
+        .unwrap();
+    let VisitKind::Exit { duration_s, .. } = exit.kind else {
+        unreachable!()
+    };
+    assert_eq!(duration_s, 10.0);
+    assert_eq!(exit.entered_at, Timestamp(T0 + 2000));
+}
+
+#[test]
+fn dwell_marks_fire_at_their_exact_times_from_poll_timeout() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 2.2);
+    h.visits();
+    // Keep hearing until just before the first mark, then let the timer fire it.
+    h.hear_for(ALICE, 0, -65, 29.6);
+    let deadline = h.engine.poll_timeout().unwrap();
+    assert!(deadline <= Timestamp(T0 + 32_000));
+    h.advance_to(T0 + 31_999);
+    assert!(h.visits().is_empty());
+    h.advance_to(T0 + 32_000);
+    assert_eq!(
+        h.visits(),
+        vec![(VisitKind::Dwell { mark_s: 30 }, 0, 32_000)]
+    );
+}
+
+#[test]
+fn absence_timeout_is_inclusive_at_the_boundary() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 3.0);
+    h.visits();
+    let last = h.now - 200;
+    // poll_timeout may wake the caller early (stale timers are dropped lazily), never late.
+    assert!(h.engine.poll_timeout().unwrap() <= Timestamp(last + 10_000));
+    h.advance_to(last + 9_999);
+    assert_eq!(h.engine.zone_of(&ALICE), Some(0));
+    assert!(h.visits().is_empty());
+    // An advert arriving exactly at the deadline comes too late: the exit fires first.
+    h.now = last + 10_000;
+    h.hear(ALICE, 0, -65);
+    let v = h.visits();
+    assert!(matches!(
+        v[0],
+        (
+            VisitKind::Exit {
+                reason: ExitReason::Absence,
+                ..
+            },
+            0,
+            _
+        )
+    ));
+    assert_eq!(v[0].2, last + 10_000 - T0);
+}
+
+#[test]
+fn a_late_observation_is_applied_at_engine_time() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 3.0);
+    h.now -= 1_500;
+    h.hear(ALICE, 0, -65);
+    assert_eq!(h.engine.stats().late_observations, 1);
+    h.now += 1_700;
+    h.hear(ALICE, 0, -90);
+    let v = h.visits();
+    let VisitKind::Exit { duration_s, .. } = v.last().unwrap().0 else {
+        panic!("{v:?}")
+    };
+    assert!(duration_s >= 0.0);
+}
+
+#[test]
+fn a_gap_of_hours_exits_at_the_absence_deadline_and_forgets() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 5.0);
+    h.events.clear();
+    let last = h.now - 200;
+    h.advance_to(h.now + 3 * 3600 * 1000);
+    let exits: Vec<_> = h
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Visit(v) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exits.len(), 1);
+    assert_eq!(exits[0].at, Timestamp(last + 10_000));
+    assert_eq!(h.engine.tracked(), (0, 0));
+    // One headcount for the interval that ended, not one per minute of the gap.
+    assert!(h.headcounts().len() <= 2);
+}
+
+#[test]
+fn the_stronger_hub_wins_and_the_margin_stops_ping_pong() {
+    let zones = [
+        zone("a", Some("hub-1"), -70, -80),
+        zone("b", Some("hub-2"), -70, -80),
+    ];
+    let mut h = Harness::new(&zones);
+    // Both qualify; b is stronger.
+    for _ in 0..15 {
+        h.hear(ALICE, 0, -66);
+        h.hear(ALICE, 1, -62);
+        h.now += 200;
+    }
+    assert_eq!(h.visits(), vec![(VisitKind::Enter, 1, 2000)]);
+    // On the boundary a is sometimes 2 dB stronger: within the 3 dB margin, so no move.
+    for i in 0..100 {
+        let (ra, rb) = if i % 2 == 0 { (-63, -65) } else { (-65, -63) };
+        h.hear(ALICE, 0, ra);
+        h.hear(ALICE, 1, rb);
+        h.now += 200;
+    }
+    assert!(h.visits().is_empty());
+    // Clearly nearer a: moves after a's sustain time.
+    for _ in 0..15 {
+        h.hear(ALICE, 0, -58);
+        h.hear(ALICE, 1, -68);
+        h.now += 200;
+    }
+    let v = h.visits();
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(matches!(
+        v[0].0,
+        VisitKind::Exit {
+            reason: ExitReason::Moved,
+            ..
+        }
+    ));
+    assert_eq!((v[1].0, v[1].1), (VisitKind::Enter, 0));
+}
+
+#[test]
+fn nested_zones_of_one_hub_prefer_the_tighter_zone() {
+    let zones = [zone("hall", None, -80, -88), zone("desk", None, -62, -70)];
+    let mut h = Harness::new(&zones);
+    h.hear_for(ALICE, 0, -75, 2.2);
+    assert_eq!(h.visits(), vec![(VisitKind::Enter, 0, 2000)]);
+    h.hear_for(ALICE, 0, -60, 2.2);
+    let v = h.visits();
+    assert_eq!(v.len(), 2);
+    assert_eq!((v[1].0, v[1].1), (VisitKind::Enter, 1));
+    // Back to the hall: the desk exits by signal, the hall re-qualifies.
+    h.hear_for(ALICE, 0, -75, 2.4);
+    let v = h.visits();
+    assert!(matches!(v[0], (VisitKind::Exit { .. }, 1, _)), "{v:?}");
+    assert_eq!((v[1].0, v[1].1), (VisitKind::Enter, 0));
+}
+
+#[test]
+fn anonymous_devices_only_feed_headcounts() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    for i in 0..5 {
+        h.hear_for(Identity::Anonymous(i), 0, -60, 3.0);
+    }
+    h.hear_for(ALICE, 0, -60, 3.0);
+    let visits: Vec<_> = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Visit(_)))
+        .collect();
+    assert_eq!(visits.len(), 1, "only Alice's enter: {visits:?}");
+    h.events.clear();
+    h.advance_to(h.now + 61_000);
+    let counts = h.headcounts();
+    assert!(!counts.is_empty());
+    let total_anon: u32 = counts.iter().map(|c| c.zones[0].anonymous).sum();
+    let total_known: u32 = counts.iter().map(|c| c.zones[0].known).sum();
+    assert_eq!(total_anon, 5);
+    assert_eq!(total_known, 1);
+    assert_eq!(counts[0].end.0 - counts[0].start.0, 60_000);
+}
+
+#[test]
+fn memory_is_bounded_and_anonymous_devices_are_evicted_first() {
+    let mut h = Harness::with(&[zone("a", None, -70, -80)], params(100));
+    h.hear_for(ALICE, 0, -60, 3.0);
+    for i in 0..10_000 {
+        if i % 100 == 0 {
+            h.hear(ALICE, 0, -60);
+        }
+        h.hear(Identity::Anonymous(i), 0, -75);
+        h.now += 1;
+        assert!(h.engine.tracked().0 <= 100);
+    }
+    assert!(
+        h.engine.zone_of(&ALICE).is_some(),
+        "a known customer was evicted for anonymous ones"
+    );
+    assert!(h.engine.stats().evictions >= 9_900);
+}
+
+#[test]
+fn evicting_a_customer_in_a_visit_reports_the_exit() {
+    let mut h = Harness::with(&[zone("a", None, -70, -80)], params(1));
+    h.hear_for(ALICE, 0, -60, 3.0);
+    h.visits();
+    h.hear(BOB, 0, -60);
+    let v = h.visits();
+    assert!(matches!(
+        v[0].0,
+        VisitKind::Exit {
+            reason: ExitReason::Evicted,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn forgetting_an_identity_emits_nothing_more() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -60, 3.0);
+    h.visits();
+    assert!(h.engine.forget(&ALICE));
+    h.advance_to(h.now + 3_600_000);
+    assert!(h.visits().is_empty());
+    assert_eq!(h.engine.tracked().0, 0);
+}
+
+#[test]
+fn silent_tracks_expire() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(Identity::Anonymous(7), 0, -95, 1.0);
+    assert_eq!(h.engine.tracked(), (1, 1));
+    h.advance_to(h.now + 10_000);
+    assert_eq!(h.engine.tracked(), (0, 0));
+    assert_eq!(h.engine.stats().expired, 1);
+}
+
+#[test]
+fn baseline_enters_at_once_and_exits_without_hysteresis() {
+    let p = EngineParams::baseline(&PresenceConfig {
+        filter: SmoothingFilter::Kalman,
+        ..PresenceConfig::default()
+    });
+    let mut h = Harness::with(&[zone("a", None, -70, -80)], p);
+    h.hear(ALICE, 0, -65);
+    assert_eq!(h.visits(), vec![(VisitKind::Enter, 0, 0)]);
+    h.now += 200;
+    h.hear(ALICE, 0, -72);
+    assert!(matches!(h.visits()[0].0, VisitKind::Exit { .. }));
+}
+
+#[test]
+fn observations_from_unknown_hubs_are_ignored() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 9, -50, 3.0);
+    assert!(h.visits().is_empty());
+    assert_eq!(h.engine.tracked().0, 0);
+}
