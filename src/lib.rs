@@ -13,3 +13,6 @@ pub mod logging;
 pub mod presence;
 pub mod shutdown;
 pub mod time;
+pub mod pipeline;
+pub mod scan;
+pub mod simulate;

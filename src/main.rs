@@ -49,6 +49,44 @@ enum Command {
     },
     /// Run the simulated store demo: the daemon's own pipeline on a built-in scenario.
     Demo,
+    /// Run a store scenario through the real pipeline with a simulated clock, as fast as the CPU
+    /// allows, and score the presence engine and a naive baseline against the ground truth.
+    Simulate {
+        /// A scenario file, or the name of a built-in one (boutique, supermarket, hard).
+        scenario: String,
+        /// Print one JSON object (engine metrics at the top level, the baseline under "baseline").
+        #[arg(long)]
+        json: bool,
+        /// Override the scenario's smoothing filter.
+        #[arg(long, value_enum)]
+        filter: Option<FilterArg>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum FilterArg {
+    Kalman,
+    TrimmedMean,
+    Ewma,
+}
+
+impl From<FilterArg> for beacond::config::SmoothingFilter {
+    fn from(f: FilterArg) -> Self {
+        match f {
+            FilterArg::Kalman => Self::Kalman,
+            FilterArg::TrimmedMean => Self::TrimmedMean,
+            FilterArg::Ewma => Self::Ewma,
+        }
+    }
+}
+
+/// A scenario argument: a file if one exists at that path, else a built-in name.
+fn scenario_spec(arg: &str) -> String {
+    if arg.starts_with("builtin:") || std::path::Path::new(arg).exists() {
+        arg.to_owned()
+    } else {
+        format!("builtin:{arg}")
+    }
 }
 
 fn main() -> ExitCode {
@@ -57,6 +95,11 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::Decode { payloads } => decode(payloads),
+        Command::Simulate {
+            scenario,
+            json,
+            filter,
+        } => simulate(&scenario, json, filter),
         Command::Demo => {
             eprintln!(
                 "beacond demo: the simulated store demo is not built yet (it arrives with the presence engine)."
@@ -152,4 +195,21 @@ fn decode(payloads: Vec<String>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn simulate(arg: &str, json: bool, filter: Option<FilterArg>) -> anyhow::Result<ExitCode> {
+    let scenario = match beacond::scan::sim::Scenario::load(&scenario_spec(arg)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let report = beacond::simulate::run(scenario, filter.map(Into::into), |_, _| {});
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,8 +4,8 @@
 //! `FILE:LINE:COL: KEY: what is wrong; what would be valid`, all problems at once where possible, and a
 //! misspelt key names the key that was probably meant. `config/beacond.example.toml` documents every key.
 
-mod locate;
-mod validate;
+pub(crate) mod locate;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

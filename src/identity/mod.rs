@@ -110,12 +110,23 @@ pub struct Customer {
     pub segments: Vec<String>,
 }
 
+/// What a registered beacon id stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// A customer or a tag: tracked by the presence engine.
+    Identity(Identity),
+    /// One of the store's own fixed beacons: infrastructure, fed to fleet health, never to presence
+    /// (a shelf beacon is not a shopper and must not inflate headcounts).
+    Fixed(u32),
+}
+
 /// The in-memory lookup from identifiers to identities. Lookups are one hash probe.
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
     customers: Vec<Customer>,
     tags: Vec<String>,
-    by_beacon: FxHashMap<BeaconId, Identity>,
+    fixed: Vec<String>,
+    by_beacon: FxHashMap<BeaconId, Known>,
 }
 
 impl Directory {
@@ -129,7 +140,8 @@ impl Directory {
         let key = CustomerKey(self.customers.len() as u32);
         self.customers.push(customer);
         for b in beacons {
-            self.by_beacon.insert(*b, Identity::Customer(key));
+            self.by_beacon
+                .insert(*b, Known::Identity(Identity::Customer(key)));
         }
         key
     }
@@ -138,13 +150,35 @@ impl Directory {
     pub fn add_tag(&mut self, id: String, beacon: BeaconId) -> TagKey {
         let key = TagKey(self.tags.len() as u32);
         self.tags.push(id);
-        self.by_beacon.insert(beacon, Identity::Tag(key));
+        self.by_beacon
+            .insert(beacon, Known::Identity(Identity::Tag(key)));
         key
     }
 
-    /// The identity registered for a beacon id, if any.
-    pub fn lookup(&self, beacon: &BeaconId) -> Option<Identity> {
+    /// Registers one of the store's fixed beacons under a display id.
+    pub fn add_fixed(&mut self, id: String, beacon: BeaconId) -> u32 {
+        let key = self.fixed.len() as u32;
+        self.fixed.push(id);
+        self.by_beacon.insert(beacon, Known::Fixed(key));
+        key
+    }
+
+    /// What a beacon id is registered as, if anything.
+    pub fn lookup(&self, beacon: &BeaconId) -> Option<Known> {
         self.by_beacon.get(beacon).copied()
+    }
+
+    /// A fixed beacon's display id.
+    pub fn fixed(&self, key: u32) -> Option<&str> {
+        self.fixed.get(key as usize).map(String::as_str)
+    }
+
+    /// The customer with platform id `id`, if known.
+    pub fn customer_by_id(&self, id: &str) -> Option<CustomerKey> {
+        self.customers
+            .iter()
+            .position(|c| c.id == id)
+            .map(|i| CustomerKey(i as u32))
     }
 
     /// A customer by key.

@@ -1,0 +1,370 @@
+//! `beacond simulate`: the real pipeline on a scenario with a simulated clock, scored against the
+//! simulator's ground truth, next to a naive baseline (raw RSSI against the same thresholds, no
+//! smoothing, no hysteresis).
+//!
+//! Metric definitions (over customers who carry a registered fob; anonymous devices have no events):
+//! - `zone_accuracy`: share of customer-seconds in the store where the engine's zone (or none) equals
+//!   the true zone (or none);
+//! - a *truth visit* is a stay in one zone of at least `min_truth_visit_s`; shorter stays are transit;
+//! - an engine visit *touches* a truth visit when it has the same customer and zone, starts no later
+//!   than the truth visit ends and ends no earlier than 5 s before it starts; it *detects* it when it
+//!   also overlaps it by at least 10 s (or half the truth visit, if that is shorter) — a zone reported
+//!   in flickers is not a detection;
+//! - `enter_latency`: |first detecting enter − true arrival|; `exit_latency`: |last detecting exit −
+//!   true departure|, for visits that ended more than a minute before the end of the run. Absolute:
+//!   entering before the customer arrives or leaving before they leave is as wrong as being late;
+//! - `missed_visits`: truth visits with no detecting engine visit;
+//! - `false_enters`: engine visits that overlap (±5 s) no true stay in that zone, transit included;
+//! - `flaps_per_customer_hour`: touching engine visits beyond the first per truth visit (an exit and a
+//!   re-enter while the customer stayed), per hour of customer time in the store.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::config::SmoothingFilter;
+use crate::identity::CustomerKey;
+use crate::pipeline::Core;
+use crate::presence::filter::FilterParams;
+use crate::presence::{Engine, EngineParams, Event, Subject, VisitKind};
+use crate::scan::sim::{Scenario, Simulation, SIM_EPOCH_MS};
+use crate::time::Timestamp;
+
+/// Slack when matching engine visits to true stays, ms.
+const SLACK_MS: u64 = 5_000;
+/// How long an engine visit must overlap a truth visit (or half of it, if shorter) to detect it, ms.
+const HOLD_MS: u64 = 10_000;
+
+/// The scores of one engine configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Share of customer-seconds attributed to the right zone or correctly to none.
+    pub zone_accuracy: f64,
+    /// Median enter latency, s.
+    pub enter_latency_p50_s: f64,
+    /// 95th percentile enter latency, s.
+    pub enter_latency_p95_s: f64,
+    /// Median exit latency, s.
+    pub exit_latency_p50_s: f64,
+    /// 95th percentile exit latency, s.
+    pub exit_latency_p95_s: f64,
+    /// Engine visits matching no true stay.
+    pub false_enters: u64,
+    /// Truth visits the engine never detected.
+    pub missed_visits: u64,
+    /// Extra visits per truth visit, per customer-hour.
+    pub flaps_per_customer_hour: f64,
+    /// Truth visits scored.
+    pub truth_visits: u64,
+    /// Visits the engine reported.
+    pub engine_visits: u64,
+}
+
+/// A whole `simulate` run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// The smoothing filter of the engine run.
+    pub filter: SmoothingFilter,
+    /// Simulated seconds.
+    pub simulated_s: u64,
+    /// Adverts heard by all hubs.
+    pub adverts: u64,
+    /// Customers (fob carriers) scored.
+    pub customers: u64,
+    /// Customer-hours in the store.
+    pub customer_hours: f64,
+    /// Wall-clock seconds the run took.
+    pub wall_s: f64,
+    /// The engine's scores, flattened to the top level in JSON.
+    #[serde(flatten)]
+    pub engine: Metrics,
+    /// The naive baseline's scores.
+    pub baseline: Metrics,
+}
+
+/// A visit the engine reported: zone, start and end (simulated ms).
+type EngineVisit = (u16, u64, u64);
+
+/// Collects one configuration's visits per customer.
+struct Scorer {
+    core: Core,
+    visits: HashMap<CustomerKey, Vec<EngineVisit>>,
+    open: HashMap<CustomerKey, (u16, u64)>,
+    events: Vec<Event>,
+}
+
+impl Scorer {
+    fn new(sim: &Simulation, params: EngineParams) -> Scorer {
+        let cfg = sim.scenario().as_config();
+        let engine = Engine::new(&cfg.zones, params, &cfg.hub.hub_id);
+        Scorer {
+            core: Core::new(engine, sim.directory().clone(), sim.hub_names(), 0x5EED),
+            visits: HashMap::new(),
+            open: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self, mut on_event: impl FnMut(&Core, &Event)) {
+        for e in self.events.drain(..) {
+            on_event(&self.core, &e);
+            let Event::Visit(v) = &e else {
+                continue;
+            };
+            let Subject::Customer(c) = v.subject else {
+                continue;
+            };
+            let at = v.at.0 - SIM_EPOCH_MS;
+            match v.kind {
+                VisitKind::Enter => {
+                    self.open.insert(c, (v.zone, at));
+                }
+                VisitKind::Exit { .. } => {
+                    if let Some((z, start)) = self.open.remove(&c) {
+                        self.visits.entry(c).or_default().push((z, start, at));
+                    }
+                }
+                VisitKind::Dwell { .. } => {}
+            }
+        }
+    }
+
+    fn finish(&mut self, end: u64) {
+        for (c, (z, start)) in self.open.drain() {
+            self.visits.entry(c).or_default().push((z, start, end));
+        }
+    }
+}
+
+/// Runs `scenario` through the engine (with `filter`, or the scenario's own) and the baseline, calling
+/// `on_event` with every engine event as it happens.
+pub fn run(
+    scenario: Scenario,
+    filter: Option<SmoothingFilter>,
+    on_event: impl FnMut(&Core, &Event),
+) -> Report {
+    let kind = filter.unwrap_or(scenario.presence.filter);
+    run_tuned(scenario, kind, FilterParams::tuned(kind.into()), on_event)
+}
+
+/// [`run`] with explicit filter tuning: how the defaults in [`FilterParams::tuned`] were chosen.
+pub fn run_tuned(
+    scenario: Scenario,
+    kind: SmoothingFilter,
+    tuning: FilterParams,
+    mut on_event: impl FnMut(&Core, &Event),
+) -> Report {
+    let started = std::time::Instant::now();
+    let mut presence = scenario.presence.clone();
+    presence.filter = kind;
+    let mut sim = Simulation::new(scenario);
+    let mut params = EngineParams::from_config(&presence);
+    params.filter = tuning;
+    let mut engine = Scorer::new(&sim, params);
+    let mut baseline = Scorer::new(&sim, EngineParams::baseline(&presence));
+    let mut adverts = 0u64;
+    while let Some(a) = sim.next_advert() {
+        adverts += 1;
+        // Handling an advert first handles every deadline up to its time.
+        engine.core.handle_advert(&a, &mut engine.events);
+        baseline.core.handle_advert(&a, &mut baseline.events);
+        engine.drain(&mut on_event);
+        baseline.drain(|_, _| {});
+    }
+    let end = sim.end();
+    for s in [&mut engine, &mut baseline] {
+        s.core.handle_timeout(end, &mut s.events);
+    }
+    engine.drain(&mut on_event);
+    baseline.drain(|_, _| {});
+    let end_ms = end.0 - SIM_EPOCH_MS;
+    engine.finish(end_ms);
+    baseline.finish(end_ms);
+
+    let (customers, hours) = customer_time(&sim, end_ms);
+    Report {
+        scenario: sim.scenario().name.clone(),
+        filter: presence.filter,
+        simulated_s: sim.scenario().duration_s,
+        adverts,
+        customers,
+        customer_hours: hours,
+        wall_s: started.elapsed().as_secs_f64(),
+        engine: score(&sim, &engine.core, &engine.visits, end_ms),
+        baseline: score(&sim, &baseline.core, &baseline.visits, end_ms),
+    }
+}
+
+fn customer_time(sim: &Simulation, end: u64) -> (u64, f64) {
+    let mut n = 0;
+    let mut ms = 0u64;
+    for s in sim.shoppers().iter().filter(|s| s.customer.is_some()) {
+        if s.arrive < end {
+            n += 1;
+            ms += s.depart.min(end) - s.arrive;
+        }
+    }
+    (n, ms as f64 / 3_600_000.0)
+}
+
+fn score(
+    sim: &Simulation,
+    core: &Core,
+    visits: &HashMap<CustomerKey, Vec<EngineVisit>>,
+    end: u64,
+) -> Metrics {
+    let min_visit = (sim.scenario().min_truth_visit_s * 1000.0) as u64;
+    let none: Vec<EngineVisit> = Vec::new();
+    let (mut right, mut total) = (0u64, 0u64);
+    let (mut enter_lat, mut exit_lat) = (Vec::new(), Vec::new());
+    let (mut missed, mut flaps, mut false_enters, mut truth_visits, mut engine_visits) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for shopper in sim.shoppers() {
+        let Some(id) = &shopper.customer else {
+            continue;
+        };
+        let ev = core
+            .directory()
+            .customer_by_id(id)
+            .and_then(|k| visits.get(&k))
+            .unwrap_or(&none);
+        engine_visits += ev.len() as u64;
+        // Zone accuracy, one sample per second of the stay.
+        let mut t = shopper.arrive;
+        while t < shopper.depart.min(end) {
+            let engine_zone = ev.iter().find(|v| v.1 <= t && t < v.2).map(|v| v.0);
+            if engine_zone == shopper.truth_at(t) {
+                right += 1;
+            }
+            total += 1;
+            t += 1000;
+        }
+        // Visits.
+        for &(a, b, zone) in &shopper.truth {
+            let Some(z) = zone else { continue };
+            if b - a < min_visit || a >= end.saturating_sub(60_000) {
+                continue;
+            }
+            truth_visits += 1;
+            let touching: Vec<&EngineVisit> = ev
+                .iter()
+                .filter(|v| v.0 == z && v.1 <= b && v.2 + SLACK_MS >= a)
+                .collect();
+            flaps += (touching.len() as u64).saturating_sub(1);
+            // A visit only counts as detected by engine visits that hold the zone for a real part of
+            // it, so reporting a zone in flickers does not pass for detecting it.
+            let hold = HOLD_MS.min((b - a) / 2);
+            let detecting: Vec<&&EngineVisit> = touching
+                .iter()
+                .filter(|v| v.2.min(b) >= v.1.max(a) + hold)
+                .collect();
+            let Some(first) = detecting.first() else {
+                missed += 1;
+                continue;
+            };
+            enter_lat.push(first.1.abs_diff(a) as f64 / 1000.0);
+            if b + 60_000 <= end {
+                let last = detecting.last().expect("non-empty");
+                exit_lat.push(last.2.abs_diff(b) as f64 / 1000.0);
+            }
+        }
+        for v in ev {
+            let real = shopper.truth.iter().any(|&(a, b, zone)| {
+                zone == Some(v.0) && a <= v.2 + SLACK_MS && v.1 <= b + SLACK_MS
+            });
+            if !real {
+                false_enters += 1;
+            }
+        }
+    }
+    let (_, hours) = customer_time(sim, end);
+    Metrics {
+        zone_accuracy: if total == 0 {
+            1.0
+        } else {
+            right as f64 / total as f64
+        },
+        enter_latency_p50_s: percentile(&mut enter_lat, 0.50),
+        enter_latency_p95_s: percentile(&mut enter_lat, 0.95),
+        exit_latency_p50_s: percentile(&mut exit_lat, 0.50),
+        exit_latency_p95_s: percentile(&mut exit_lat, 0.95),
+        false_enters,
+        missed_visits: missed,
+        flaps_per_customer_hour: if hours > 0.0 {
+            flaps as f64 / hours
+        } else {
+            0.0
+        },
+        truth_visits,
+        engine_visits,
+    }
+}
+
+/// Nearest-rank percentile; 0 for no samples.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+impl Report {
+    /// A table for people.
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "scenario {} ({} s simulated, {} adverts, {} customers, {:.1} customer-hours) in {:.2} s\n",
+            self.scenario,
+            self.simulated_s,
+            self.adverts,
+            self.customers,
+            self.customer_hours,
+            self.wall_s
+        );
+        s.push_str(&format!(
+            "{:<26} {:>12} {:>12}\n",
+            "metric",
+            format!("{:?}", self.filter).to_lowercase(),
+            "baseline"
+        ));
+        let e = &self.engine;
+        let b = &self.baseline;
+        let rows: [(&str, f64, f64); 10] = [
+            ("zone_accuracy", e.zone_accuracy, b.zone_accuracy),
+            ("enter_latency_p50_s", e.enter_latency_p50_s, b.enter_latency_p50_s),
+            ("enter_latency_p95_s", e.enter_latency_p95_s, b.enter_latency_p95_s),
+            ("exit_latency_p50_s", e.exit_latency_p50_s, b.exit_latency_p50_s),
+            ("exit_latency_p95_s", e.exit_latency_p95_s, b.exit_latency_p95_s),
+            ("false_enters", e.false_enters as f64, b.false_enters as f64),
+            ("missed_visits", e.missed_visits as f64, b.missed_visits as f64),
+            ("flaps_per_customer_hour", e.flaps_per_customer_hour, b.flaps_per_customer_hour),
+            ("truth_visits", e.truth_visits as f64, b.truth_visits as f64),
+            ("engine_visits", e.engine_visits as f64, b.engine_visits as f64),
+        ];
+        for (name, x, y) in rows {
+            s.push_str(&format!("{name:<26} {x:>12.3} {y:>12.3}\n"));
+        }
+        s
+    }
+}
+
+/// Simulated time `t` (ms since the scenario start) as a timestamp.
+pub fn sim_time(t: u64) -> Timestamp {
+    Timestamp(SIM_EPOCH_MS + t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&mut v, 0.5), 3.0);
+        assert_eq!(percentile(&mut v, 0.95), 5.0);
+        assert_eq!(percentile(&mut [], 0.5), 0.0);
+    }
+}
