@@ -65,6 +65,7 @@ enum Command {
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum FilterArg {
+    KalmanTrend,
     Kalman,
     TrimmedMean,
     Ewma,
@@ -73,6 +74,7 @@ enum FilterArg {
 impl From<FilterArg> for beacond::config::SmoothingFilter {
     fn from(f: FilterArg) -> Self {
         match f {
+            FilterArg::KalmanTrend => Self::KalmanTrend,
             FilterArg::Kalman => Self::Kalman,
             FilterArg::TrimmedMean => Self::TrimmedMean,
             FilterArg::Ewma => Self::Ewma,

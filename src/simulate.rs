@@ -334,15 +334,43 @@ impl Report {
         let b = &self.baseline;
         let rows: [(&str, f64, f64); 10] = [
             ("zone_accuracy", e.zone_accuracy, b.zone_accuracy),
-            ("enter_latency_p50_s", e.enter_latency_p50_s, b.enter_latency_p50_s),
-            ("enter_latency_p95_s", e.enter_latency_p95_s, b.enter_latency_p95_s),
-            ("exit_latency_p50_s", e.exit_latency_p50_s, b.exit_latency_p50_s),
-            ("exit_latency_p95_s", e.exit_latency_p95_s, b.exit_latency_p95_s),
+            (
+                "enter_latency_p50_s",
+                e.enter_latency_p50_s,
+                b.enter_latency_p50_s,
+            ),
+            (
+                "enter_latency_p95_s",
+                e.enter_latency_p95_s,
+                b.enter_latency_p95_s,
+            ),
+            (
+                "exit_latency_p50_s",
+                e.exit_latency_p50_s,
+                b.exit_latency_p50_s,
+            ),
+            (
+                "exit_latency_p95_s",
+                e.exit_latency_p95_s,
+                b.exit_latency_p95_s,
+            ),
             ("false_enters", e.false_enters as f64, b.false_enters as f64),
-            ("missed_visits", e.missed_visits as f64, b.missed_visits as f64),
-            ("flaps_per_customer_hour", e.flaps_per_customer_hour, b.flaps_per_customer_hour),
+            (
+                "missed_visits",
+                e.missed_visits as f64,
+                b.missed_visits as f64,
+            ),
+            (
+                "flaps_per_customer_hour",
+                e.flaps_per_customer_hour,
+                b.flaps_per_customer_hour,
+            ),
             ("truth_visits", e.truth_visits as f64, b.truth_visits as f64),
-            ("engine_visits", e.engine_visits as f64, b.engine_visits as f64),
+            (
+                "engine_visits",
+                e.engine_visits as f64,
+                b.engine_visits as f64,
+            ),
         ];
         for (name, x, y) in rows {
             s.push_str(&format!("{name:<26} {x:>12.3} {y:>12.3}\n"));

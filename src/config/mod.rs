@@ -206,8 +206,10 @@ impl ZoneConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SmoothingFilter {
-    /// A one-dimensional Kalman filter.
+    /// A Kalman filter on level and trend: keeps up with people walking in and out.
     #[default]
+    KalmanTrend,
+    /// A one-dimensional Kalman filter on the level only.
     Kalman,
     /// A running mean over a window with the extremes trimmed (Android Beacon Library style).
     TrimmedMean,
@@ -225,6 +227,9 @@ pub struct PresenceConfig {
     pub max_tracked: usize,
     /// dB by which another zone must be stronger before a device moves there.
     pub switch_margin_db: f64,
+    /// dB below its settled level a visit's signal must fall before it exits (bounded by the zone's
+    /// `enter_rssi` above and `exit_rssi` below).
+    pub exit_margin_db: f64,
     /// RSSI at 1 m assumed for devices that advertise none (dBm).
     pub measured_power: i16,
     /// Path-loss exponent for distance estimates (about 1.8 in groceries, 2.2 in shops).
@@ -236,9 +241,10 @@ pub struct PresenceConfig {
 impl Default for PresenceConfig {
     fn default() -> Self {
         PresenceConfig {
-            filter: SmoothingFilter::Kalman,
+            filter: SmoothingFilter::KalmanTrend,
             max_tracked: 10_000,
             switch_margin_db: 3.0,
+            exit_margin_db: 8.0,
             measured_power: -59,
             path_loss_exponent: 2.2,
             headcount_interval_s: 60,

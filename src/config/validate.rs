@@ -240,6 +240,15 @@ fn presence(cfg: &Config, p: &mut Problems) {
             ),
         ));
     }
+    if !(c.exit_margin_db.is_finite() && (1.0..=30.0).contains(&c.exit_margin_db)) {
+        p.push((
+            path.join("exit_margin_db"),
+            format!(
+                "{} dB is out of range; use 1 to 30 (default 8)",
+                c.exit_margin_db
+            ),
+        ));
+    }
     check_power(p, path.join("measured_power"), c.measured_power);
     check_exponent(p, path.join("path_loss_exponent"), c.path_loss_exponent);
     if c.headcount_interval_s == 0 {

@@ -35,6 +35,8 @@ pub enum FilterKind {
     TrimmedMean,
     /// Exponentially weighted moving average.
     Ewma,
+    /// Kalman filter on level and trend.
+    Trend,
     /// No smoothing: the last sample (the naive baseline).
     Raw,
 }
@@ -42,6 +44,7 @@ pub enum FilterKind {
 impl From<SmoothingFilter> for FilterKind {
     fn from(f: SmoothingFilter) -> FilterKind {
         match f {
+            SmoothingFilter::KalmanTrend => FilterKind::Trend,
             SmoothingFilter::Kalman => FilterKind::Kalman,
             SmoothingFilter::TrimmedMean => FilterKind::TrimmedMean,
             SmoothingFilter::Ewma => FilterKind::Ewma,
@@ -54,12 +57,18 @@ impl FilterParams {
     pub fn tuned(kind: FilterKind) -> FilterParams {
         FilterParams {
             kind,
-            kalman_q: 6.0,
-            kalman_r: 40.0,
+            // The trend filter's q is a trend drift (dB²/s³), the level filter's a level drift
+            // (dB²/s): each is the best of a grid on the shipped scenarios (docs/presence.md).
+            kalman_q: if kind == FilterKind::Trend { 0.5 } else { 6.0 },
+            kalman_r: if kind == FilterKind::Trend {
+                60.0
+            } else {
+                40.0
+            },
             kalman_clip_sigma: 2.5,
-            window_s: 4.0,
+            window_s: 2.5,
             trim: 0.1,
-            tau_s: 2.0,
+            tau_s: 1.5,
         }
     }
 }
@@ -81,6 +90,15 @@ pub enum Smoother {
     TrimmedMean(Box<VecDeque<(f32, f32)>>, f32, f32),
     /// EWMA estimate.
     Ewma(f32),
+    /// Level-and-trend Kalman: estimate, trend (dB/s), and the 2×2 covariance [pxx, pxv, pvv].
+    Trend {
+        /// Estimate, dBm.
+        x: f32,
+        /// Trend, dB/s.
+        v: f32,
+        /// Covariance.
+        p: [f32; 3],
+    },
     /// The last sample.
     Raw(f32),
 }
@@ -99,6 +117,11 @@ impl Smoother {
                 Smoother::TrimmedMean(Box::new(q), 0.0, first)
             }
             FilterKind::Ewma => Smoother::Ewma(first),
+            FilterKind::Trend => Smoother::Trend {
+                x: first,
+                v: 0.0,
+                p: [params.kalman_r, 0.0, 4.0],
+            },
             FilterKind::Raw => Smoother::Raw(first),
         }
     }
@@ -138,6 +161,30 @@ impl Smoother {
                 *value = kept.iter().sum::<f32>() / kept.len() as f32;
                 *value
             }
+            Smoother::Trend { x, v, p } => {
+                // Predict with a constant-velocity model; the trend is what lets the estimate keep
+                // up with someone walking in or out instead of lagging behind them.
+                let q = params.kalman_q;
+                let [mut pxx, mut pxv, mut pvv] = *p;
+                *x += *v * dt;
+                pxx += dt * (2.0 * pxv + dt * pvv) + q * dt * dt * dt / 3.0;
+                pxv += dt * pvv + q * dt * dt / 2.0;
+                pvv += q * dt;
+                let s = pxx + params.kalman_r;
+                let innovation = (z - *x).clamp(
+                    -params.kalman_clip_sigma * s.sqrt(),
+                    params.kalman_clip_sigma * s.sqrt(),
+                );
+                let (kx, kv) = (pxx / s, pxv / s);
+                *x += kx * innovation;
+                // A trend is bounded by how fast anyone walks through a path-loss gradient.
+                *v = (*v + kv * innovation).clamp(-8.0, 8.0);
+                pvv -= kv * pxv;
+                pxv -= kx * pxv;
+                pxx -= kx * pxx;
+                *p = [pxx, pxv, pvv];
+                *x
+            }
             Smoother::Ewma(x) => {
                 let alpha = 1.0 - (-dt / params.tau_s).exp();
                 *x += alpha * (z - *x);
@@ -153,7 +200,7 @@ impl Smoother {
     /// The current estimate.
     pub fn value(&self) -> f32 {
         match self {
-            Smoother::Kalman { x, .. } => *x,
+            Smoother::Kalman { x, .. } | Smoother::Trend { x, .. } => *x,
             Smoother::TrimmedMean(_, _, v) => *v,
             Smoother::Ewma(x) | Smoother::Raw(x) => *x,
         }

@@ -186,6 +186,8 @@ pub struct EngineParams {
     pub exponent: f32,
     /// Exit below `exit_rssi` (true) or as soon as the signal is below `enter_rssi` (false).
     pub hysteresis: bool,
+    /// How far below its settled level a visit's signal must fall to exit, dB.
+    pub exit_margin_db: f32,
     /// Require `min_enter_s` before entering (false: enter on the first qualifying sample).
     pub sustain: bool,
 }
@@ -201,6 +203,7 @@ impl EngineParams {
             measured_power: p.measured_power as f32,
             exponent: p.path_loss_exponent as f32,
             hysteresis: true,
+            exit_margin_db: p.exit_margin_db as f32,
             sustain: true,
         }
     }
@@ -244,6 +247,10 @@ struct Visit {
     entered_at: Timestamp,
     first_seen: Timestamp,
     next_mark: usize,
+    /// The level the signal settled at during the visit (a slow average of the smoothed RSSI).
+    level: f32,
+    /// When `level` was last updated.
+    level_at: Timestamp,
 }
 
 #[derive(Clone, Debug)]
@@ -633,10 +640,20 @@ impl Engine {
             }
         }
         // Leave the current zone when its own hub's signal falls below the exit threshold.
-        if let Some(v) = track.visit {
+        if let Some(v) = track.visit.as_mut() {
             let zone = &self.zones[v.zone as usize];
-            if zone.hub == heard_on && value < zone.exit_rssi {
-                self.exit(slot, now, ExitReason::Signal, out);
+            if zone.hub == heard_on {
+                let threshold = exit_threshold(
+                    zone,
+                    v,
+                    value,
+                    now,
+                    params.exit_margin_db,
+                    params.hysteresis,
+                );
+                if value < threshold {
+                    self.exit(slot, now, ExitReason::Signal, out);
+                }
             }
         }
         let track = self.tracks[slot as usize].as_ref().expect("live track");
@@ -701,6 +718,8 @@ impl Engine {
             entered_at: now,
             first_seen: since,
             next_mark: 0,
+            level: f32::NAN,
+            level_at: now,
         });
         let interval = self.interval.unwrap_or(0);
         count_in(track, zone, interval, &mut self.counts);
@@ -869,6 +888,38 @@ impl Engine {
             }
         }
     }
+}
+
+/// Time constant of a visit's settled level, ms.
+const LEVEL_TAU_MS: f32 = 10_000.0;
+
+/// The exit threshold of a visit, after folding `value` into its settled level.
+///
+/// Hysteresis is there to stop flapping, and what protects a visit from flapping is the distance
+/// between where its signal actually sits and the threshold. So a visit exits when the signal falls
+/// `exit_margin_db` below its settled level: a customer standing under the hub, 15 dB above
+/// `enter_rssi`, leaves as soon as they cross `enter_rssi` (no lag walking out through the hysteresis
+/// band), while one who barely got in (a fob in a pocket) keeps the hysteresis down to `exit_rssi`.
+/// The threshold never rises above `enter_rssi` nor falls below `exit_rssi`.
+fn exit_threshold(
+    zone: &Zone,
+    v: &mut Visit,
+    value: f32,
+    now: Timestamp,
+    margin: f32,
+    hysteresis: bool,
+) -> f32 {
+    if !hysteresis {
+        return zone.exit_rssi;
+    }
+    if v.level.is_nan() {
+        v.level = value;
+    } else {
+        let a = 1.0 - (-(now.since(v.level_at) as f32) / LEVEL_TAU_MS).exp();
+        v.level += a * (value - v.level);
+    }
+    v.level_at = now;
+    (v.level - margin).clamp(zone.exit_rssi, zone.enter_rssi)
 }
 
 fn count_in(track: &mut Track, zone: ZoneIdx, interval: u64, counts: &mut [ZoneCount]) {

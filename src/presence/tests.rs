@@ -131,8 +131,9 @@ fn enter_event_carries_the_adverts_that_justified_it() {
 
 #[test]
 fn hysteresis_keeps_a_visit_between_exit_and_enter_thresholds() {
+    // A weak signal that only just got in (a fob in a pocket) keeps the full hysteresis band.
     let mut h = Harness::new(&[zone("a", None, -70, -80)]);
-    h.hear_for(ALICE, 0, -65, 3.0);
+    h.hear_for(ALICE, 0, -69, 3.0);
     h.hear_for(ALICE, 0, -76, 5.0);
     assert_eq!(h.visits(), vec![(VisitKind::Enter, 0, 2000)]);
     h.hear(ALICE, 0, -81);
@@ -146,6 +147,46 @@ fn hysteresis_keeps_a_visit_between_exit_and_enter_thresholds() {
         }
     ));
     assert_eq!(v[0].2, 8000);
+}
+
+#[test]
+fn a_strong_signal_exits_as_soon_as_it_falls_below_enter() {
+    // Settled at -60, 10 dB above enter: falling 8 dB (the exit margin) is not yet an exit, falling
+    // below enter_rssi is, without waiting for exit_rssi.
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -60, 20.0);
+    h.visits();
+    h.hear_for(ALICE, 0, -68, 1.0);
+    assert!(h.visits().is_empty());
+    h.hear(ALICE, 0, -71);
+    let v = h.visits();
+    assert!(matches!(
+        v[0].0,
+        VisitKind::Exit {
+            reason: ExitReason::Signal,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_middling_signal_exits_at_its_margin_below_the_settled_level() {
+    // Settled at -66: the exit threshold is -66 - 8 = -74, between exit_rssi and enter_rssi.
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -66, 30.0);
+    h.visits();
+    h.hear_for(ALICE, 0, -73, 1.0);
+    assert!(
+        !h.visits()
+            .iter()
+            .any(|v| matches!(v.0, VisitKind::Exit { .. })),
+        "exited above the margin"
+    );
+    h.hear(ALICE, 0, -75);
+    assert!(h
+        .visits()
+        .iter()
+        .any(|v| matches!(v.0, VisitKind::Exit { .. })));
 }
 
 #[test]

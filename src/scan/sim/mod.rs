@@ -211,9 +211,15 @@ impl Simulation {
         for (i, s) in shoppers.iter().enumerate() {
             let i = i as u32;
             if s.fob.is_some() {
-                queue.push(Reverse((s.arrive + rng.random_range(0..50), Emitter::Fob(i))));
+                queue.push(Reverse((
+                    s.arrive + rng.random_range(0..50),
+                    Emitter::Fob(i),
+                )));
             }
-            queue.push(Reverse((s.arrive + rng.random_range(0..500), Emitter::Phone(i))));
+            queue.push(Reverse((
+                s.arrive + rng.random_range(0..500),
+                Emitter::Phone(i),
+            )));
         }
         for (i, b) in beacons.iter().enumerate() {
             queue.push(Reverse((
@@ -303,8 +309,7 @@ impl Simulation {
                         i as usize * 2,
                     )
                 } else {
-                    if t - s.phone_rotated_at >= self.scenario.shoppers.address_rotation_s * 1000
-                    {
+                    if t - s.phone_rotated_at >= self.scenario.shoppers.address_rotation_s * 1000 {
                         s.phone_address = random_address(&mut self.rng, true);
                         s.phone_rotated_at = t;
                     }
@@ -316,7 +321,16 @@ impl Simulation {
                     )
                 };
                 let power = f64::from(self.scenario.shoppers.measured_power) + s.tx_offset_db;
-                (pos, facing, payload, address, slot, power, s.in_pocket, t + interval + jitter)
+                (
+                    pos,
+                    facing,
+                    payload,
+                    address,
+                    slot,
+                    power,
+                    s.in_pocket,
+                    t + interval + jitter,
+                )
             }
             Emitter::Fixed(i) => {
                 let b = &mut self.beacons[i as usize];
@@ -327,10 +341,22 @@ impl Simulation {
                 };
                 let power = f64::from(self.scenario.beacons[i as usize].measured_power);
                 let slot = self.shoppers.len() * 2 + i as usize;
-                (b.pos, 0.0, payload, b.address, slot, power, false, t + b.interval_ms + jitter)
+                (
+                    b.pos,
+                    0.0,
+                    payload,
+                    b.address,
+                    slot,
+                    power,
+                    false,
+                    t + b.interval_ms + jitter,
+                )
             }
         };
         self.queue.push(Reverse((next, emitter)));
+        if t + jitter >= self.end {
+            return;
+        }
         for (h, hub) in self.hubs.iter().enumerate() {
             let dx = hub[0] - pos[0];
             let dy = hub[1] - pos[1];
@@ -591,7 +617,12 @@ mod tests {
             for w in sh.truth.windows(2) {
                 assert_eq!(w[0].1, w[1].0);
             }
-            zone_time += sh.truth.iter().filter(|t| t.2.is_some()).map(|t| t.1 - t.0).sum::<u64>();
+            zone_time += sh
+                .truth
+                .iter()
+                .filter(|t| t.2.is_some())
+                .map(|t| t.1 - t.0)
+                .sum::<u64>();
         }
         assert!(zone_time > 0);
     }

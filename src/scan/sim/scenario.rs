@@ -12,8 +12,14 @@ use crate::config::{Config, PresenceConfig, Problem, ZoneConfig};
 
 /// The scenarios built into the binary, by name (`builtin:NAME`).
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("boutique", include_str!("../../../config/sim/boutique.toml")),
-    ("supermarket", include_str!("../../../config/sim/supermarket.toml")),
+    (
+        "boutique",
+        include_str!("../../../config/sim/boutique.toml"),
+    ),
+    (
+        "supermarket",
+        include_str!("../../../config/sim/supermarket.toml"),
+    ),
     ("hard", include_str!("../../../config/sim/hard.toml")),
 ];
 
@@ -346,7 +352,10 @@ impl Scenario {
         let mut p = crate::config::validate::validate(&self.as_config());
         let hub_ids: Vec<&str> = self.hubs.iter().map(|h| h.id.as_str()).collect();
         if hub_ids.is_empty() {
-            p.push((KeyPath::key("hubs"), "a scenario needs at least one [[hubs]]".into()));
+            p.push((
+                KeyPath::key("hubs"),
+                "a scenario needs at least one [[hubs]]".into(),
+            ));
         }
         for (i, z) in self.zones.iter().enumerate() {
             if let Some(h) = &z.hub {
@@ -365,7 +374,8 @@ impl Scenario {
                     format!("no zone has id {:?}", a.zone),
                 ));
             }
-            if !(a.radius_m > 0.0) || !(a.weight >= 0.0) {
+            let valid = a.radius_m > 0.0 && a.weight >= 0.0;
+            if !valid {
                 p.push((
                     KeyPath::key("areas").index(i).join("radius_m"),
                     "radius_m must be positive and weight not negative".into(),
@@ -415,13 +425,37 @@ impl Scenario {
         let r = &self.radio;
         let rp = KeyPath::key("radio");
         for (key, v, ok) in [
-            ("packet_loss", r.packet_loss, (0.0..1.0).contains(&r.packet_loss)),
-            ("scan_duty", r.scan_duty, r.scan_duty > 0.0 && r.scan_duty <= 1.0),
-            ("shadowing_sigma_db", r.shadowing_sigma_db, r.shadowing_sigma_db >= 0.0),
-            ("shadowing_tau_s", r.shadowing_tau_s, r.shadowing_tau_s > 0.0),
-            ("shadowing_corr_m", r.shadowing_corr_m, r.shadowing_corr_m > 0.0),
+            (
+                "packet_loss",
+                r.packet_loss,
+                (0.0..1.0).contains(&r.packet_loss),
+            ),
+            (
+                "scan_duty",
+                r.scan_duty,
+                r.scan_duty > 0.0 && r.scan_duty <= 1.0,
+            ),
+            (
+                "shadowing_sigma_db",
+                r.shadowing_sigma_db,
+                r.shadowing_sigma_db >= 0.0,
+            ),
+            (
+                "shadowing_tau_s",
+                r.shadowing_tau_s,
+                r.shadowing_tau_s > 0.0,
+            ),
+            (
+                "shadowing_corr_m",
+                r.shadowing_corr_m,
+                r.shadowing_corr_m > 0.0,
+            ),
             ("fading_k", r.fading_k, r.fading_k >= 0.0),
-            ("path_loss_exponent", r.path_loss_exponent, r.path_loss_exponent > 0.0),
+            (
+                "path_loss_exponent",
+                r.path_loss_exponent,
+                r.path_loss_exponent > 0.0,
+            ),
         ] {
             if !ok {
                 p.push((rp.join(key), format!("{v} is out of range")));
