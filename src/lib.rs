@@ -15,4 +15,5 @@ pub mod presence;
 pub mod scan;
 pub mod shutdown;
 pub mod simulate;
+pub mod sink;
 pub mod time;

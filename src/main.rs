@@ -47,8 +47,27 @@ enum Command {
         /// Hex payloads; read stdin when none are given.
         payloads: Vec<String>,
     },
-    /// Run the simulated store demo: the daemon's own pipeline on a built-in scenario.
-    Demo,
+    /// Run the simulated store demo: the daemon's own pipeline on a built-in scenario, live.
+    ///
+    /// Shows who entered which zone, dwell marks and exits, under a per-zone headcount redrawn in
+    /// place (plain lines when piped). Stop it with Ctrl-C or --duration.
+    Demo {
+        /// A scenario file, or the name of a built-in one (boutique, supermarket, hard).
+        #[arg(long, default_value = "supermarket")]
+        scenario: String,
+        /// How many times faster than real time.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Stop after this many seconds (wall clock).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Simulated minutes to run at once before the live view starts, so the store is busy.
+        #[arg(long, default_value_t = 10.0)]
+        warm_start_min: f64,
+        /// Also publish to this MQTT broker (mqtt://host:port).
+        #[arg(long)]
+        mqtt: Option<String>,
+    },
     /// Run a store scenario through the real pipeline with a simulated clock, as fast as the CPU
     /// allows, and score the presence engine and a naive baseline against the ground truth.
     Simulate {
@@ -102,12 +121,13 @@ fn main() -> ExitCode {
             json,
             filter,
         } => simulate(&scenario, json, filter),
-        Command::Demo => {
-            eprintln!(
-                "beacond demo: the simulated store demo is not built yet (it arrives with the presence engine)."
-            );
-            Ok(ExitCode::from(3))
-        }
+        Command::Demo {
+            scenario,
+            speed,
+            duration,
+            warm_start_min,
+            mqtt,
+        } => demo(&scenario, speed, duration, warm_start_min, mqtt),
     };
     match result {
         Ok(code) => code,
@@ -127,18 +147,79 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
     };
     beacond::logging::init(&cfg.log.level, cfg.log.format)?;
+    run_until_signal(cfg, beacond::daemon::RunOptions::default(), None)
+}
+
+fn demo(
+    arg: &str,
+    speed: f64,
+    duration: Option<f64>,
+    warm_start_min: f64,
+    mqtt: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    if mqtt.is_some() {
+        eprintln!("beacond demo: --mqtt needs the MQTT publisher, which this build does not have yet");
+        return Ok(ExitCode::from(2));
+    }
+    if !(speed.is_finite() && speed > 0.0) {
+        eprintln!("beacond demo: --speed must be a positive number, got {speed}");
+        return Ok(ExitCode::from(2));
+    }
+    let spec = scenario_spec(arg);
+    let scenario = match beacond::scan::sim::Scenario::load(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut cfg = scenario.as_config();
+    cfg.scan.source = beacond::config::SourceKind::Sim;
+    cfg.scan.sim_scenario = spec;
+    cfg.scan.speed = speed;
+    // The feed is the demo's output; only problems go to the log.
+    beacond::logging::init("warn", beacond::config::LogFormat::Auto)?;
+    println!(
+        "beacond demo: {} — {}\nsimulated time starts {} min into the scenario, {}× real time. Ctrl-C stops.\n",
+        scenario.name,
+        scenario.description,
+        warm_start_min,
+        speed
+    );
+    let opts = beacond::daemon::RunOptions {
+        sink: beacond::daemon::SinkKind::Terminal,
+        warm_start_s: warm_start_min.max(0.0) * 60.0,
+    };
+    run_until_signal(cfg, opts, duration)
+}
+
+/// Runs the daemon pipeline until it ends, a signal arrives, or `duration` seconds pass.
+fn run_until_signal(
+    cfg: Config,
+    opts: beacond::daemon::RunOptions,
+    duration: Option<f64>,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let (trigger, shutdown) = beacond::shutdown::channel();
-        let daemon = tokio::spawn(beacond::daemon::run(cfg, shutdown));
-        let signal = beacond::shutdown::os_signal();
+        let daemon = tokio::spawn(beacond::daemon::run_with(cfg, opts, shutdown));
         tokio::pin!(daemon);
+        let limit = async {
+            match duration {
+                Some(s) => tokio::time::sleep(std::time::Duration::from_secs_f64(s.max(0.0))).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            sig = signal => {
+            sig = beacond::shutdown::os_signal() => {
                 tracing::info!(signal = sig.unwrap_or("signal"), "shutting down");
+                trigger.fire();
+                daemon.await.context("daemon task")??;
+            }
+            _ = limit => {
                 trigger.fire();
                 daemon.await.context("daemon task")??;
             }
