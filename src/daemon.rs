@@ -81,10 +81,11 @@ pub async fn run_with(
     // Source.
     let (sim, directory, hubs) = match cfg.scan.source {
         SourceKind::Sim => {
-            let scenario = Scenario::load(&cfg.scan.sim_scenario).map_err(|e| DaemonError::Stage {
-                stage: "scan.sim",
-                message: e.to_string(),
-            })?;
+            let scenario =
+                Scenario::load(&cfg.scan.sim_scenario).map_err(|e| DaemonError::Stage {
+                    stage: "scan.sim",
+                    message: e.to_string(),
+                })?;
             let sim = Simulation::new(scenario);
             let directory = sim.directory().clone();
             let hubs = sim.hub_names().to_vec();

@@ -158,7 +158,9 @@ fn demo(
     mqtt: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     if mqtt.is_some() {
-        eprintln!("beacond demo: --mqtt needs the MQTT publisher, which this build does not have yet");
+        eprintln!(
+            "beacond demo: --mqtt needs the MQTT publisher, which this build does not have yet"
+        );
         return Ok(ExitCode::from(2));
     }
     if !(speed.is_finite() && speed > 0.0) {

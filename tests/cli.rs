@@ -118,7 +118,7 @@ fn run_stops_cleanly_on_sigterm_and_sigint() {
     std::fs::write(
         &p,
         format!(
-            "[hub]\ndata_dir = {:?}\n[mqtt]\nenabled = false\n",
+            "[hub]\ndata_dir = {:?}\n[scan]\nsource = \"sim\"\n[mqtt]\nenabled = false\n",
             dir.path().display().to_string()
         ),
     )
@@ -156,4 +156,110 @@ fn run_stops_cleanly_on_sigterm_and_sigint() {
         assert!(status.success(), "{sig}: {status:?} {rest}");
         assert!(rest.contains("beacond stopped"), "{rest}");
     }
+}
+
+#[test]
+fn simulate_json_has_the_metric_keys_at_the_top_and_under_baseline() {
+    let out = beacond()
+        .args(["simulate", "boutique", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "zone_accuracy",
+        "enter_latency_p50_s",
+        "enter_latency_p95_s",
+        "exit_latency_p50_s",
+        "exit_latency_p95_s",
+        "false_enters",
+        "missed_visits",
+        "flaps_per_customer_hour",
+    ] {
+        assert!(v[key].is_number(), "{key} missing: {v}");
+        assert!(
+            v["baseline"][key].is_number(),
+            "baseline.{key} missing: {v}"
+        );
+    }
+}
+
+#[test]
+fn simulate_rejects_an_unknown_scenario_clearly() {
+    beacond()
+        .args(["simulate", "no-such-store"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "no built-in scenario \"no-such-store\"",
+        ))
+        .stderr(predicate::str::contains("supermarket"));
+}
+
+#[test]
+fn demo_shows_a_live_feed_and_headcounts_when_piped() {
+    let out = beacond()
+        .args(["demo", "--duration", "3", "--speed", "30"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("entered"), "{text}");
+    assert!(text.contains("customers in zone now"), "{text}");
+    // Piped output is plain lines: no cursor movement.
+    assert!(!text.contains("\x1b["), "{text}");
+}
+
+#[test]
+fn run_with_the_sim_source_prints_presence_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(
+        &p,
+        "[hub]\nhub_id = \"hub-window\"\n[scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\n\
+         speed = 600.0\n[mqtt]\nenabled = false\n[[zones]]\nid = \"window\"\nenter_rssi = -75\n\
+         exit_rssi = -84\nmin_enter_s = 1.0\n",
+    )
+    .unwrap();
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .arg("run")
+        .arg("--config")
+        .arg(&p)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    StdCommand::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "presence" && r["event"] == "enter" && r["zone"] == "window"),
+        "{text}"
+    );
+    assert!(records.iter().any(|r| r["type"] == "headcount"), "{text}");
+    // Anonymous devices never appear by id.
+    assert!(records
+        .iter()
+        .all(|r| r["type"] != "presence" || r["customer_id"].is_string()));
 }

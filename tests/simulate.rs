@@ -1,0 +1,137 @@
+//! The presence engine against the simulator's ground truth: it must beat the naive baseline on the
+//! shipped scenarios, and the supermarket must stay near the product's bars. These are regression
+//! guards on quality; docs/presence.md has the full numbers.
+
+use beacond::config::SmoothingFilter;
+use beacond::scan::sim::Scenario;
+use beacond::simulate::{run, Metrics, Report};
+
+fn report(name: &str) -> Report {
+    run(
+        Scenario::load(&format!("builtin:{name}")).unwrap(),
+        None,
+        |_, _| {},
+    )
+}
+
+/// Every metric on which the engine must beat the baseline.
+fn assert_beats_baseline(r: &Report) {
+    let (e, b): (&Metrics, &Metrics) = (&r.engine, &r.baseline);
+    let name = &r.scenario;
+    assert!(
+        e.zone_accuracy > b.zone_accuracy,
+        "{name}: accuracy {e:?} vs {b:?}"
+    );
+    assert!(
+        e.enter_latency_p50_s < b.enter_latency_p50_s,
+        "{name}: enter p50 {e:?} vs {b:?}"
+    );
+    assert!(
+        e.enter_latency_p95_s < b.enter_latency_p95_s,
+        "{name}: enter p95 {e:?} vs {b:?}"
+    );
+    assert!(
+        e.exit_latency_p95_s < b.exit_latency_p95_s,
+        "{name}: exit p95 {e:?} vs {b:?}"
+    );
+    assert!(
+        e.false_enters < b.false_enters,
+        "{name}: false enters {e:?} vs {b:?}"
+    );
+    assert!(
+        e.missed_visits <= b.missed_visits,
+        "{name}: missed {e:?} vs {b:?}"
+    );
+    assert!(
+        e.flaps_per_customer_hour < b.flaps_per_customer_hour,
+        "{name}: flaps {e:?} vs {b:?}"
+    );
+    // exit_latency_p50 is not asserted: on two scenarios the baseline's few surviving visits end a
+    // second or so closer to the true exit than the engine's (see docs/presence.md).
+}
+
+#[test]
+fn engine_beats_the_baseline_on_every_shipped_scenario() {
+    for name in ["boutique", "supermarket", "hard"] {
+        let r = report(name);
+        assert!(
+            r.engine.truth_visits > 20,
+            "{name}: too few visits to score"
+        );
+        assert_beats_baseline(&r);
+    }
+}
+
+#[test]
+fn supermarket_stays_near_the_product_bars() {
+    let r = report("supermarket");
+    let e = &r.engine;
+    let absence = 15.0;
+    assert!(e.zone_accuracy >= 0.945, "{e:?}");
+    assert!(e.enter_latency_p95_s <= 5.0, "{e:?}");
+    assert!(e.exit_latency_p95_s <= absence + 5.0, "{e:?}");
+    assert!(e.flaps_per_customer_hour <= 0.15, "{e:?}");
+    assert_eq!(e.missed_visits, 0, "{e:?}");
+}
+
+#[test]
+fn runs_are_deterministic() {
+    let a = report("boutique");
+    let b = report("boutique");
+    assert_eq!(a.engine, b.engine);
+    assert_eq!(a.baseline, b.baseline);
+    assert_eq!(a.adverts, b.adverts);
+}
+
+#[test]
+fn every_filter_runs_and_the_default_is_best_on_the_supermarket() {
+    let sc = Scenario::load("builtin:supermarket").unwrap();
+    let default = run(sc.clone(), None, |_, _| {});
+    for f in [
+        SmoothingFilter::Kalman,
+        SmoothingFilter::TrimmedMean,
+        SmoothingFilter::Ewma,
+    ] {
+        let other = run(sc.clone(), Some(f), |_, _| {});
+        assert!(
+            default.engine.zone_accuracy >= other.engine.zone_accuracy - 0.002,
+            "{f:?} {:?} beats the default {:?}",
+            other.engine,
+            default.engine
+        );
+    }
+}
+
+#[test]
+fn events_only_name_customers() {
+    let sc = Scenario::load("builtin:boutique").unwrap();
+    let mut named = 0;
+    run(sc, None, |core, e| {
+        if let beacond::sink::Record::Presence(p) = beacond::sink::render(core, e) {
+            assert!(
+                p.customer_id
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("cust-")),
+                "{p:?}"
+            );
+            named += 1;
+        }
+    });
+    assert!(named > 0);
+}
+
+#[test]
+fn scenario_errors_name_the_line_and_key() {
+    let text = "name = \"x\"\nduration_s = 10\n[[hubs]]\nid = \"h\"\nx = 0.0\ny = 0.0\n\
+                [[zones]]\nid = \"z\"\n[[areas]]\nzone = \"zz\"\nx = 0.0\ny = 0.0\nradius_m = 1.0\n\
+                [shoppers]\ncount = 1\narrival_window_s = 1\nentrance = [0.0, 0.0]\n";
+    let err = Scenario::parse(text, "x.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("x.toml:10:1: areas[0].zone: no zone has id \"zz\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("x.toml:8:1: zones[0].id: zone \"z\" has no [[areas]] entry"),
+        "{err}"
+    );
+}
