@@ -275,7 +275,7 @@ impl Track {
 }
 
 /// The presence engine. See the module documentation for the rules.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Engine {
     zones: Vec<Zone>,
     zones_by_hub: Vec<SmallVec<[ZoneIdx; 4]>>,
