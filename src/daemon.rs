@@ -15,12 +15,17 @@ use crate::presence::{Engine, EngineParams};
 use crate::scan::sim::{Scenario, Simulation};
 use crate::scan::{Advert, Clock};
 use crate::shutdown::Shutdown;
+use crate::sink::mqtt::{Health as MqttHealth, Settings as MqttSettings};
+use crate::sink::spool::Spool;
 use crate::sink::{self, Record};
+use std::sync::{Arc, Mutex};
 
 /// Adverts waiting for the core: a few seconds of a busy store.
 const ADVERT_QUEUE: usize = 8192;
 /// Records waiting for the sink.
 const RECORD_QUEUE: usize = 1024;
+/// sled's page cache for the spool: its default is 1 GiB, the whole RAM of a hub.
+const SPOOL_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, Error)]
@@ -47,7 +52,7 @@ pub enum SinkKind {
 /// How to run, beyond the config.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RunOptions {
-    /// Where records go.
+    /// Where records go locally (besides MQTT when `[mqtt] enabled`).
     pub sink: SinkKind,
     /// For simulated sources: run this many simulated seconds at once before pacing starts, so the
     /// store is already busy (the feed of that stretch is not shown).
@@ -60,6 +65,14 @@ impl Default for RunOptions {
             sink: SinkKind::Stdout,
             warm_start_s: 0.0,
         }
+    }
+}
+
+impl SinkKind {
+    /// Whether this sink still runs when MQTT is on: the demo's view does, stdout does not (the
+    /// daemon's records go to the broker then, its stdout stays quiet for the journal).
+    fn alongside_mqtt(self) -> bool {
+        self == SinkKind::Terminal
     }
 }
 
@@ -110,12 +123,58 @@ pub async fn run_with(
     let zones: Vec<String> = engine.zones().iter().map(|z| z.id.clone()).collect();
     let mut core = Core::new(engine, directory, &hubs, rand::random());
 
-    // Sink.
+    // Sinks: MQTT when enabled, the local sink unless MQTT replaces it, fed by one tee.
     let warm_end = sim.start().plus_secs(opts.warm_start_s);
-    let sink_task = tokio::spawn(async move {
-        match opts.sink {
-            SinkKind::Stdout => sink::stdout::run(rec_rx).await,
-            SinkKind::Terminal => sink::terminal::run(rec_rx, zones, warm_end).await,
+    let mut sink_tasks = Vec::new();
+    let mut outs: Vec<mpsc::Sender<Record>> = Vec::new();
+    if cfg.mqtt.enabled {
+        let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
+        outs.push(tx);
+        let settings =
+            MqttSettings::from_config(&cfg, config_hash(&cfg)).map_err(|e| DaemonError::Stage {
+                stage: "mqtt",
+                message: e.to_string(),
+            })?;
+        let dir = cfg.hub.data_dir.join("spool");
+        std::fs::create_dir_all(&cfg.hub.data_dir).map_err(|e| DaemonError::Stage {
+            stage: "hub.data_dir",
+            message: format!("{}: {e}", cfg.hub.data_dir.display()),
+        })?;
+        let (spool, report) = Spool::open(&dir, cfg.mqtt.spool_max_bytes, SPOOL_CACHE_BYTES)
+            .map_err(|e| DaemonError::Stage {
+                stage: "spool",
+                message: e.to_string(),
+            })?;
+        if report.recovered > 0 {
+            tracing::info!(
+                messages = report.recovered,
+                "spool has messages from before; sending them"
+            );
+        }
+        let health = Arc::new(Mutex::new(MqttHealth::default()));
+        let shutdown_for_mqtt = shutdown.clone();
+        sink_tasks.push(tokio::spawn(async move {
+            crate::sink::mqtt::run(settings, spool, rx, health, shutdown_for_mqtt).await;
+            Ok(())
+        }));
+    }
+    if !cfg.mqtt.enabled || opts.sink.alongside_mqtt() {
+        let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
+        outs.push(tx);
+        sink_tasks.push(tokio::spawn(async move {
+            match opts.sink {
+                SinkKind::Stdout => sink::stdout::run(rx).await,
+                SinkKind::Terminal => sink::terminal::run(rx, zones, warm_end).await,
+            }
+        }));
+    }
+    let tee = tokio::spawn(async move {
+        let mut rec_rx = rec_rx;
+        while let Some(r) = rec_rx.recv().await {
+            for o in &outs {
+                // A sink that went away (a closed terminal) must not stop the others.
+                let _ = o.send(r.clone()).await;
+            }
         }
     });
 
@@ -137,14 +196,23 @@ pub async fn run_with(
         }
     }
     let clock = Clock::scaled(warm_end, cfg.scan.speed);
+    let (mark_tx, mark_rx) = tokio::sync::watch::channel(warm_end);
     let source = tokio::spawn(crate::scan::run_sim(
         sim,
         first_live,
         clock,
         adv_tx,
+        mark_tx,
         shutdown.clone(),
     ));
-    let core_task = tokio::spawn(run_core(core, clock, adv_rx, rec_tx, shutdown.clone()));
+    let core_task = tokio::spawn(run_core(
+        core,
+        clock,
+        adv_rx,
+        mark_rx,
+        rec_tx,
+        shutdown.clone(),
+    ));
 
     tracing::info!(
         store = %cfg.hub.store_id,
@@ -155,49 +223,76 @@ pub async fn run_with(
     );
     let _ = source.await;
     let _ = core_task.await;
-    let sunk = sink_task.await;
-    tracing::info!("beacond stopped");
-    match sunk {
-        Ok(Ok(())) => Ok(()),
-        // A closed stdout (`beacond demo | head`) is a normal way for a reader to stop.
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Ok(Err(e)) => Err(DaemonError::Stage {
-            stage: "sink",
-            message: e.to_string(),
-        }),
-        Err(e) => Err(DaemonError::Stage {
-            stage: "sink",
-            message: e.to_string(),
-        }),
+    let _ = tee.await;
+    let mut result = Ok(());
+    for t in sink_tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            // A closed stdout (`beacond demo | head`) is a normal way for a reader to stop.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Ok(Err(e)) => {
+                result = Err(DaemonError::Stage {
+                    stage: "sink",
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => {
+                result = Err(DaemonError::Stage {
+                    stage: "sink",
+                    message: e.to_string(),
+                })
+            }
+        }
     }
+    tracing::info!("beacond stopped");
+    result
 }
 
-/// The core task: adverts in, records out, woken for the engine's deadlines. When the source ends it
-/// runs the clock to the last advert and stops.
+/// A short stable fingerprint of the effective config, published in the hub's status so the platform
+/// can tell which hubs run which settings.
+pub fn config_hash(cfg: &Config) -> String {
+    use sha2::Digest;
+    let text = toml::to_string(cfg).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+}
+
+/// The core task: adverts in, records out, woken for the engine's deadlines. A deadline is handled
+/// only once the source's watermark has passed it, so it never overtakes an advert heard before it
+/// that is still on its way; and exactly at its time, not at "now", so a backlog cannot make the
+/// engine jump ahead.
 async fn run_core(
     mut core: Core,
     clock: Clock,
     mut rx: mpsc::Receiver<Advert>,
+    mut watermark: tokio::sync::watch::Receiver<crate::time::Timestamp>,
     tx: mpsc::Sender<Record>,
     mut shutdown: Shutdown,
 ) {
     let mut events = Vec::new();
+    let mut source_gone = false;
     loop {
+        let mark = if source_gone {
+            crate::time::Timestamp(u64::MAX)
+        } else {
+            *watermark.borrow_and_update()
+        };
         let deadline = core.poll_timeout();
+        let due = deadline.filter(|d| *d <= mark);
         tokio::select! {
-            // Queued adverts first: a deadline must not overtake adverts heard before it.
             biased;
             _ = shutdown.recv() => break,
             adv = rx.recv() => match adv {
                 Some(a) => core.handle_advert(&a, &mut events),
                 None => break,
             },
-            // Handle exactly the deadline that came due, not "now": when adverts are backlogged
-            // (a warm start, a busy moment) the engine must not jump ahead of them.
-            _ = sleep_until_some(deadline.map(|t| clock.instant_of(t))) => {
-                if let Some(t) = deadline {
+            _ = sleep_until_some(due.map(|t| clock.instant_of(t))) => {
+                if let Some(t) = due {
                     core.handle_timeout(t, &mut events);
                 }
+            }
+            changed = watermark.changed(), if deadline.is_some() && due.is_none() && !source_gone => {
+                // A source that is gone sends nothing more: every deadline may run.
+                source_gone = changed.is_err();
             }
         }
         for e in events.drain(..) {

@@ -71,16 +71,20 @@ impl Clock {
 
 /// Plays a simulation against `clock`, sending each advert when its time comes (starting with
 /// `first`, if the caller already drew it), until the scenario ends, the receiver goes away, or
-/// shutdown.
+/// shutdown. `watermark` tells the core how far the source has got: no advert older than it will
+/// come, so deadlines up to it can be handled without overtaking an advert.
 pub async fn run_sim(
     mut sim: sim::Simulation,
     first: Option<Advert>,
     clock: Clock,
     tx: tokio::sync::mpsc::Sender<Advert>,
+    watermark: tokio::sync::watch::Sender<Timestamp>,
     mut shutdown: crate::shutdown::Shutdown,
 ) {
     let mut next = first.or_else(|| sim.next_advert());
     while let Some(adv) = next.take() {
+        // Nothing older than this advert can come any more: the core may run deadlines up to it.
+        watermark.send_replace(Timestamp(adv.at.0.saturating_sub(1)));
         if adv.at > clock.now() {
             tokio::select! {
                 _ = tokio::time::sleep_until(clock.instant_of(adv.at)) => {}
@@ -93,5 +97,6 @@ pub async fn run_sim(
         }
         next = sim.next_advert();
     }
+    watermark.send_replace(Timestamp(u64::MAX));
     tracing::info!(scenario = %sim.scenario().name, "simulated scenario finished");
 }

@@ -1,0 +1,538 @@
+//! The `mqtt` sink: the platform's view of a hub.
+//!
+//! Every record is first appended to the durable [`Spool`](super::spool::Spool); one connection task
+//! owns rumqttc's event loop and is the only one that publishes, so the order in which it hands
+//! messages to the client is the order of the client's `Outgoing::Publish` events, which is how a
+//! broker's PUBACK is traced back to the spool entry it acknowledges (rumqttc gives no per-message
+//! token). It publishes with `try_publish`, never awaiting the request channel from the task that polls
+//! (that deadlocks when the channel is full), keeps at most [`WINDOW`] messages in flight, and after
+//! every ConnAck replays the spool from the start, since a clean session drops whatever was in flight.
+//! Reconnects back off exponentially with jitter, forever.
+//!
+//! Topics (`{prefix}/{store}/{hub}/…`) and payloads are documented in `docs/mqtt.md` and
+//! `docs/asyncapi.yaml`.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use serde_json::{json, Value};
+use thiserror::Error;
+use tokio::sync::{mpsc, Notify};
+
+use super::spool::{Message, Priority, Spool};
+use super::Record;
+use crate::config::{Config, MqttConfig};
+use crate::shutdown::Shutdown;
+use crate::time::Timestamp;
+
+/// Messages handed to the client and not yet acknowledged, at most.
+pub const WINDOW: usize = 64;
+/// Schema version of every payload; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+/// How long a finishing sink keeps sending before leaving the rest in the spool.
+const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The MQTT sink could not be set up.
+#[derive(Debug, Error)]
+pub enum MqttError {
+    /// The broker URL is not usable.
+    #[error("mqtt.url {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A credential or certificate file could not be read.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// Which setting.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS material is not valid.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The topics of one hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    /// Retained online/offline state.
+    pub status: String,
+    /// Enter, dwell, exit.
+    pub presence: String,
+    /// Offer triggers.
+    pub offers: String,
+    /// Fixed-beacon fleet health.
+    pub beacons: String,
+    /// Counters and headcounts.
+    pub stats: String,
+}
+
+impl Topics {
+    /// The topics for `prefix/store/hub`.
+    pub fn new(prefix: &str, store: &str, hub: &str) -> Topics {
+        let base = format!("{prefix}/{store}/{hub}");
+        Topics {
+            status: format!("{base}/status"),
+            presence: format!("{base}/presence"),
+            offers: format!("{base}/offers"),
+            beacons: format!("{base}/beacons"),
+            stats: format!("{base}/stats"),
+        }
+    }
+}
+
+/// Connection health, for logs, `status` and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Connected to the broker now.
+    pub connected: bool,
+    /// Successful connections after the first.
+    pub reconnects: u64,
+    /// The last connection error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Messages acknowledged by the broker.
+    pub acknowledged: u64,
+}
+
+/// Everything the sink needs from the config, resolved (files read, URL parsed).
+#[derive(Clone)]
+pub struct Settings {
+    options: MqttOptions,
+    topics: Topics,
+    store: String,
+    hub: String,
+    started_at: Timestamp,
+    config_hash: String,
+}
+
+/// Reads the password file, looking in systemd's `$CREDENTIALS_DIRECTORY` first for a relative name.
+fn read_password(path: &Path) -> Result<String, MqttError> {
+    let candidate = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() && Path::new(&dir).join(path).exists() => {
+            Path::new(&dir).join(path)
+        }
+        _ => path.to_owned(),
+    };
+    std::fs::read_to_string(&candidate)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        .map_err(|source| MqttError::File {
+            what: "mqtt.password_file",
+            path: candidate,
+            source,
+        })
+}
+
+fn tls_config(m: &MqttConfig) -> Result<rustls::ClientConfig, MqttError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match &m.ca_file {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| MqttError::Tls(format!("mqtt.ca_file {}: {e}", ca.display())))?;
+            for c in certs {
+                let c =
+                    c.map_err(|e| MqttError::Tls(format!("mqtt.ca_file {}: {e}", ca.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| MqttError::Tls(format!("mqtt.ca_file {}: {e}", ca.display())))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    // ring, not aws-lc-rs: the latter does not cross-compile for ARMv7 hubs.
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| MqttError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
+    match (&m.client_cert, &m.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| MqttError::Tls(format!("mqtt.client_cert {}: {e}", cert.display())))?;
+            let key_path = credential_path(key);
+            let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+                MqttError::Tls(format!("mqtt.client_key {}: {e}", key_path.display()))
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| MqttError::Tls(e.to_string()))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// A relative credential name resolves in `$CREDENTIALS_DIRECTORY` when it exists there.
+fn credential_path(path: &Path) -> PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() && Path::new(&dir).join(path).exists() => {
+            Path::new(&dir).join(path)
+        }
+        _ => path.to_owned(),
+    }
+}
+
+impl Settings {
+    /// Resolves the `[mqtt]` section: parses the URL, reads the password and TLS files.
+    pub fn from_config(cfg: &Config, config_hash: String) -> Result<Settings, MqttError> {
+        let m = &cfg.mqtt;
+        let url = url::Url::parse(&m.url).map_err(|e| MqttError::Url {
+            url: m.url.clone(),
+            reason: e.to_string(),
+        })?;
+        let tls = url.scheme() == "mqtts";
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+        let topics = Topics::new(&m.topic_prefix, &cfg.hub.store_id, &cfg.hub.hub_id);
+        let mut options = MqttOptions::new(cfg.mqtt_client_id(), host, port);
+        options
+            .set_keep_alive(Duration::from_secs(m.keep_alive_s))
+            // The spool, not the broker session, is the source of truth: replayed after every ConnAck.
+            .set_clean_session(true)
+            .set_inflight(1024)
+            .set_max_packet_size(256 * 1024, 256 * 1024)
+            .set_last_will(LastWill::new(
+                &topics.status,
+                serde_json::to_vec(&json!({
+                    "schema": SCHEMA_VERSION,
+                    "state": "offline",
+                    "reason": "connection lost",
+                    "store": cfg.hub.store_id,
+                    "hub": cfg.hub.hub_id,
+                }))
+                .expect("static JSON"),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some(user) = &m.username {
+            let password = match &m.password_file {
+                Some(p) => read_password(p)?,
+                None => String::new(),
+            };
+            options.set_credentials(user.clone(), password);
+        }
+        if tls {
+            options.set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(m)?)),
+            ));
+        }
+        Ok(Settings {
+            options,
+            topics,
+            store: cfg.hub.store_id.clone(),
+            hub: cfg.hub.hub_id.clone(),
+            started_at: Timestamp::now(),
+            config_hash,
+        })
+    }
+
+    /// The topics.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// The retained status payload for `state` (`online` or `offline`).
+    fn status(&self, state: &str, reason: Option<&str>) -> Vec<u8> {
+        let mut v = json!({
+            "schema": SCHEMA_VERSION,
+            "state": state,
+            "store": self.store,
+            "hub": self.hub,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": self.started_at.to_rfc3339(),
+            "config_hash": self.config_hash,
+            "at": Timestamp::now().to_rfc3339(),
+        });
+        if let Some(r) = reason {
+            v["reason"] = Value::String(r.to_owned());
+        }
+        serde_json::to_vec(&v).expect("JSON of strings")
+    }
+
+    /// The spool message for a record: topic, QoS, priority and the enveloped payload.
+    pub fn message(&self, record: &Record) -> Message {
+        let mut body = serde_json::to_value(record).expect("records serialise");
+        let (topic, priority, qos, customer) = match record {
+            Record::Presence(p) => (
+                &self.topics.presence,
+                Priority::Presence,
+                1,
+                p.customer_id.clone(),
+            ),
+            Record::Headcount(_) => (&self.topics.stats, Priority::Stats, 0, None),
+        };
+        let mut envelope = serde_json::Map::new();
+        envelope.insert("schema".into(), json!(SCHEMA_VERSION));
+        envelope.insert(
+            "event_id".into(),
+            json!(uuid::Uuid::now_v7().hyphenated().to_string()),
+        );
+        envelope.insert("store".into(), json!(self.store));
+        envelope.insert("hub".into(), json!(self.hub));
+        if let Value::Object(fields) = &mut body {
+            envelope.append(fields);
+        }
+        Message {
+            priority,
+            qos,
+            topic: topic.clone(),
+            customer,
+            payload: serde_json::to_vec(&Value::Object(envelope)).expect("JSON"),
+        }
+    }
+}
+
+/// Runs the sink: spools every record from `rx`, and publishes the spool to the broker until shutdown.
+pub async fn run(
+    settings: Settings,
+    spool: Spool,
+    mut rx: mpsc::Receiver<Record>,
+    health: Arc<Mutex<Health>>,
+    shutdown: Shutdown,
+) {
+    let spool = Arc::new(tokio::sync::Mutex::new(spool));
+    let wake = Arc::new(Notify::new());
+    let (finish_tx, finish_rx) = tokio::sync::watch::channel(false);
+    let mut connection = tokio::spawn(connect_loop(
+        settings.clone(),
+        spool.clone(),
+        wake.clone(),
+        health,
+        shutdown,
+        finish_rx,
+    ));
+    // Ingest: batch whatever is waiting into one flushed spool write.
+    let mut batch = Vec::new();
+    while let Some(r) = rx.recv().await {
+        batch.push(settings.message(&r));
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(settings.message(&r)),
+                Err(_) => break,
+            }
+        }
+        let mut s = spool.lock().await;
+        if let Err(e) = s.append(std::mem::take(&mut batch)).await {
+            tracing::error!(error = %e, "cannot write to the spool; messages of this batch are lost");
+        }
+        drop(s);
+        wake.notify_one();
+    }
+    // The pipeline is done (its source ended, or shutdown): let the connection send what it can and
+    // say goodbye. What it cannot send in time stays in the spool for the next start.
+    let _ = finish_tx.send(true);
+    wake.notify_one();
+    if tokio::time::timeout(FINISH_GRACE, &mut connection)
+        .await
+        .is_err()
+    {
+        connection.abort();
+    }
+    let _ = spool.lock().await.flush().await;
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1 << attempt.min(8));
+    let capped = base.min(MAX_BACKOFF);
+    // Full jitter: hubs that lost the same broker must not come back in lockstep.
+    let ms = rand::rng().random_range(capped.as_millis() as u64 / 2..=capped.as_millis() as u64);
+    Duration::from_millis(ms)
+}
+
+async fn connect_loop(
+    settings: Settings,
+    spool: Arc<tokio::sync::Mutex<Spool>>,
+    wake: Arc<Notify>,
+    health: Arc<Mutex<Health>>,
+    mut shutdown: Shutdown,
+    finish: tokio::sync::watch::Receiver<bool>,
+) {
+    let (client, mut eventloop) = AsyncClient::new(settings.options.clone(), WINDOW * 2);
+    let mut connected = false;
+    let mut ever_connected = false;
+    let mut attempt = 0u32;
+    // What was handed to the client, in order: a spool seq, or None for a status message.
+    let mut handed: VecDeque<Option<(u64, u8)>> = VecDeque::new();
+    let mut unacked: HashMap<u16, u64> = HashMap::new();
+    let mut cursor = 0u64;
+    loop {
+        let finished = *finish.borrow()
+            && handed.is_empty()
+            && unacked.is_empty()
+            && spool.lock().await.depth() == 0;
+        if connected {
+            let s = spool.lock().await;
+            while handed.len() + unacked.len() < WINDOW {
+                let entry = match s.next_from(cursor) {
+                    Ok(Some(e)) => e,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "spool read failed");
+                        break;
+                    }
+                };
+                let qos = if entry.message.qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                };
+                match client.try_publish(
+                    entry.message.topic.clone(),
+                    qos,
+                    false,
+                    entry.message.payload.clone(),
+                ) {
+                    Ok(()) => {
+                        handed.push_back(Some((entry.seq, entry.message.qos)));
+                        cursor = entry.seq + 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.recv(), if !finished => {
+                goodbye(&client, &mut eventloop, &settings, connected).await;
+                return;
+            }
+            _ = std::future::ready(()), if finished => {
+                goodbye(&client, &mut eventloop, &settings, connected).await;
+                return;
+            }
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    attempt = 0;
+                    // A clean session dropped whatever was in flight: start over from the spool.
+                    handed.clear();
+                    unacked.clear();
+                    cursor = 0;
+                    if client
+                        .try_publish(
+                            settings.topics.status.clone(),
+                            QoS::AtLeastOnce,
+                            true,
+                            settings.status("online", None),
+                        )
+                        .is_ok()
+                    {
+                        handed.push_back(None);
+                    }
+                    let mut h = health.lock().expect("health lock");
+                    if ever_connected {
+                        h.reconnects += 1;
+                    }
+                    h.connected = true;
+                    h.last_error = None;
+                    ever_connected = true;
+                    tracing::info!(topics = %settings.topics.status, "connected to the MQTT broker");
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    match handed.pop_front() {
+                        Some(Some((seq, 0))) => {
+                            let _ = spool.lock().await.remove(&[seq]);
+                        }
+                        Some(Some((seq, _))) => {
+                            unacked.insert(pkid, seq);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(seq) = unacked.remove(&ack.pkid) {
+                        let _ = spool.lock().await.remove(&[seq]);
+                        health.lock().expect("health lock").acknowledged += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let message = describe(&e);
+                    if connected || attempt == 0 {
+                        tracing::warn!(error = %message, "MQTT connection failed; retrying with backoff");
+                    } else {
+                        tracing::debug!(error = %message, attempt, "MQTT connection still failing");
+                    }
+                    connected = false;
+                    {
+                        let mut h = health.lock().expect("health lock");
+                        h.connected = false;
+                        h.last_error = Some(message);
+                    }
+                    let wait = backoff(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.recv() => return,
+                    }
+                }
+            },
+            _ = wake.notified(), if connected => {}
+        }
+    }
+}
+
+/// Publishes the retained `offline` status and disconnects cleanly, so subscribers see the hub leave
+/// on purpose rather than through its Last Will.
+async fn goodbye(
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    settings: &Settings,
+    connected: bool,
+) {
+    if !connected {
+        return;
+    }
+    let _ = client.try_publish(
+        settings.topics.status.clone(),
+        QoS::AtLeastOnce,
+        true,
+        settings.status("offline", Some("shutdown")),
+    );
+    let _ = client.try_disconnect();
+    let drain = async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
+}
+
+/// A connection error in words an operator can act on.
+fn describe(e: &rumqttc::ConnectionError) -> String {
+    use rumqttc::ConnectReturnCode as C;
+    match e {
+        rumqttc::ConnectionError::ConnectionRefused(C::BadUserNamePassword) => {
+            "broker refused the user name or password (check mqtt.username and the password file)"
+                .into()
+        }
+        rumqttc::ConnectionError::ConnectionRefused(C::NotAuthorized) => {
+            "broker says this client is not authorised (check the broker's ACL for this hub)".into()
+        }
+        rumqttc::ConnectionError::ConnectionRefused(code) => format!("broker refused: {code:?}"),
+        rumqttc::ConnectionError::Tls(t) => {
+            format!("TLS: {t} (check mqtt.ca_file and the certificates)")
+        }
+        other => other.to_string(),
+    }
+}

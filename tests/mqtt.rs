@@ -1,0 +1,400 @@
+//! The platform contract against a real Mosquitto broker, started by the tests on free loopback ports:
+//! topics and envelopes, retained status and Last Will, and no accepted event lost through a broker
+//! outage or a `kill -9` of the daemon.
+//!
+//! Needs `mosquitto` on the PATH (scripts/test installs Debian's package).
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use beacond::pipeline::Core;
+use beacond::presence::{Engine, EngineParams};
+use beacond::scan::sim::{Scenario, Simulation};
+use beacond::sink::{render, Record};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Mosquitto broker owned by a test; killed on drop.
+struct Broker {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let mut b = Broker {
+            port: free_port(),
+            dir: dir.to_owned(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    fn restart(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                self.port,
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker gracefully, so it saves persistent sessions.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "-TERM");
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    Command::new("kill")
+        .arg(sig)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+}
+
+/// Everything a subscriber receives, kept across broker restarts (persistent session, QoS 1).
+struct Subscriber {
+    got: Arc<Mutex<Vec<(String, Value, bool)>>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Subscriber {
+    fn start(port: u16, id: &str, filter: &str, clean: bool) -> Subscriber {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let filter = filter.to_owned();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(clean)
+            .set_keep_alive(Duration::from_secs(5));
+        rt.spawn(async move {
+            let (client, mut ev) = AsyncClient::new(opts, 100);
+            let mut ready = Some(ready_tx);
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        client
+                            .subscribe(filter.clone(), QoS::AtLeastOnce)
+                            .await
+                            .unwrap();
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        sink.lock().unwrap().push((p.topic.clone(), v, p.retain));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("subscribed");
+        Subscriber { got, rt }
+    }
+
+    fn messages(&self) -> Vec<(String, Value, bool)> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[(String, Value, bool)]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !f(&self.messages()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.messages().len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // The runtime's tasks end with it.
+        let _ = &self.rt;
+    }
+}
+
+const ZONES: &str = "[[zones]]\nid = \"window\"\nhub = \"hub-window\"\nenter_rssi = -75\nexit_rssi = -84\n\
+                     min_enter_s = 1.0\n[[zones]]\nid = \"rails\"\nhub = \"hub-rails\"\nenter_rssi = -75\n\
+                     exit_rssi = -84\nmin_enter_s = 1.0\n";
+
+fn daemon_config(dir: &Path, store: &str, url: &str, speed: f64) -> PathBuf {
+    let p = dir.join(format!("{store}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[hub]\nstore_id = \"{store}\"\nhub_id = \"hub-window\"\ndata_dir = {:?}\n\
+             [scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\nspeed = {speed}\n\
+             [mqtt]\nurl = \"{url}\"\nkeep_alive_s = 5\n{ZONES}",
+            dir.join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn start_daemon(config: &Path) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "beacond=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The presence events the daemon's pipeline produces for the boutique with these zones: the
+/// simulator and the engine are deterministic, so this is what must arrive.
+fn expected_events() -> Vec<(String, String, String, String)> {
+    let sc = Scenario::load("builtin:boutique").unwrap();
+    let cfg = beacond::config::Config::parse(&format!("[hub]\nhub_id = \"hub-window\"\n{ZONES}"))
+        .unwrap();
+    let mut sim = Simulation::new(sc);
+    let engine = Engine::new(
+        &cfg.zones,
+        EngineParams::from_config(&cfg.presence),
+        "hub-window",
+    );
+    let mut core = Core::new(engine, sim.directory().clone(), sim.hub_names(), 1);
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    while let Some(a) = sim.next_advert() {
+        core.handle_advert(&a, &mut events);
+        for e in events.drain(..) {
+            if let Record::Presence(p) = render(&core, &e) {
+                out.push((
+                    p.customer_id.unwrap(),
+                    p.event.to_owned(),
+                    p.zone,
+                    p.at.to_rfc3339(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn key(v: &Value) -> (String, String, String, String) {
+    (
+        v["customer_id"].as_str().unwrap().to_owned(),
+        v["event"].as_str().unwrap().to_owned(),
+        v["zone"].as_str().unwrap().to_owned(),
+        v["at"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn presence_on(
+    msgs: &[(String, Value, bool)],
+    store: &str,
+) -> Vec<(String, String, String, String)> {
+    msgs.iter()
+        .filter(|(t, _, _)| t == &format!("beacond/{store}/hub-window/presence"))
+        .map(|(_, v, _)| key(v))
+        .collect()
+}
+
+#[test]
+fn events_follow_the_contract_and_status_is_retained_with_a_last_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform-1", "beacond/#", true);
+    let cfg = daemon_config(dir.path(), "s1", &broker.url(), 200.0);
+    let mut daemon = start_daemon(&cfg);
+    sub.wait_for("presence events", Duration::from_secs(30), |m| {
+        m.iter()
+            .filter(|(t, _, _)| t.ends_with("/presence"))
+            .count()
+            >= 5
+    });
+    for (topic, v, _) in sub.messages() {
+        assert!(topic.starts_with("beacond/s1/hub-window/"), "{topic}");
+        if topic.ends_with("/presence") {
+            assert_eq!(v["schema"], 1);
+            assert_eq!(v["store"], "s1");
+            assert_eq!(v["hub"], "hub-window");
+            let id = uuid::Uuid::parse_str(v["event_id"].as_str().unwrap()).unwrap();
+            assert_eq!(id.get_version_num(), 7, "event ids are UUIDv7 (sortable)");
+            assert!(v["customer_id"].as_str().unwrap().starts_with("cust-"));
+            for ts in ["at", "entered_at", "first_seen", "last_seen"] {
+                let t = v[ts].as_str().unwrap();
+                assert!(
+                    chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.ends_with('Z'),
+                    "{ts}={t}"
+                );
+            }
+        }
+    }
+    // A platform service that connects later still learns the hub is online: the status is retained.
+    let late = Subscriber::start(broker.port, "platform-late", "beacond/+/+/status", true);
+    late.wait_for("retained online status", Duration::from_secs(10), |m| {
+        m.iter()
+            .any(|(_, v, retained)| *retained && v["state"] == "online" && v["version"].is_string())
+    });
+    // kill -9: no goodbye, so the broker publishes the Last Will.
+    daemon.kill().unwrap();
+    let _ = daemon.wait();
+    late.wait_for("Last Will offline", Duration::from_secs(20), |m| {
+        m.iter()
+            .any(|(_, v, _)| v["state"] == "offline" && v["reason"] == "connection lost")
+    });
+}
+
+#[test]
+fn a_clean_shutdown_says_offline_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform-2", "beacond/+/+/status", true);
+    let cfg = daemon_config(dir.path(), "s2", &broker.url(), 50.0);
+    let daemon = start_daemon(&cfg);
+    sub.wait_for("online", Duration::from_secs(20), |m| {
+        m.iter().any(|(_, v, _)| v["state"] == "online")
+    });
+    signal(&daemon, "-TERM");
+    let mut daemon = daemon;
+    assert!(daemon.wait().unwrap().success());
+    sub.wait_for("offline on shutdown", Duration::from_secs(10), |m| {
+        m.iter()
+            .any(|(_, v, _)| v["state"] == "offline" && v["reason"] == "shutdown")
+    });
+}
+
+#[test]
+fn every_event_survives_a_broker_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform-3", "beacond/+/+/presence", false);
+    // 3600 simulated seconds at 200× is 18 s of wall time.
+    let cfg = daemon_config(dir.path(), "s3", &broker.url(), 200.0);
+    let mut daemon = start_daemon(&cfg);
+    sub.wait_for("first events", Duration::from_secs(20), |m| !m.is_empty());
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(6));
+    broker.restart();
+    // The scenario ends and the daemon exits once the spool has drained.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "daemon did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let expected = expected_events();
+    assert!(expected.len() > 50, "{}", expected.len());
+    let want: BTreeSet<_> = expected.into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: BTreeSet<_> = presence_on(&sub.messages(), "s3").into_iter().collect();
+        let missing: Vec<_> = want.difference(&got).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events never arrived, e.g. {:?}; {} arrived",
+            missing.len(),
+            want.len(),
+            &missing[..missing.len().min(5)],
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn accepted_events_survive_kill_9_and_are_sent_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform-4", "beacond/+/+/presence", false);
+    // First run: the broker is unreachable (wrong port), so everything accepted stays in the spool.
+    let dead = format!("mqtt://127.0.0.1:{}", free_port());
+    let first = daemon_config(dir.path(), "crash", &dead, 300.0);
+    let mut daemon = start_daemon(&first);
+    std::thread::sleep(Duration::from_secs(5));
+    daemon.kill().unwrap();
+    let _ = daemon.wait();
+    // Second run, same data directory, reachable broker, another store id so that what arrives on the
+    // first store's topics can only have come from the spool.
+    let second = daemon_config(dir.path(), "after", &broker.url(), 300.0);
+    let mut daemon = start_daemon(&second);
+    sub.wait_for("spooled events", Duration::from_secs(30), |m| {
+        !presence_on(m, "crash").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // What arrived is a gap-free prefix of what the pipeline produces.
+    let mut got = presence_on(&sub.messages(), "crash");
+    got.sort_by(|a, b| a.3.cmp(&b.3));
+    got.dedup();
+    let expected = expected_events();
+    assert!(got.len() >= 10, "only {} spooled events arrived", got.len());
+    let got_set: BTreeSet<_> = got.iter().cloned().collect();
+    let last = got.last().unwrap().3.clone();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|e| e.3 <= last && !got_set.contains(*e))
+        .collect();
+    assert!(missing.is_empty(), "gaps after the crash: {missing:?}");
+}
