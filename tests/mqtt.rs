@@ -4,177 +4,19 @@
 //!
 //! Needs `mosquitto` on the PATH (scripts/test installs Debian's package).
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::{free_port, signal, start_daemon, Broker, Subscriber};
 
 use beacond::pipeline::Core;
 use beacond::presence::{Engine, EngineParams};
 use beacond::scan::sim::{Scenario, Simulation};
 use beacond::sink::{render, Record};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A Mosquitto broker owned by a test; killed on drop.
-struct Broker {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Broker {
-        let mut b = Broker {
-            port: free_port(),
-            dir: dir.to_owned(),
-            child: None,
-        };
-        b.restart();
-        b
-    }
-
-    fn restart(&mut self) {
-        let conf = self.dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
-                self.port,
-                self.dir.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (scripts/test installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stops the broker gracefully, so it saves persistent sessions.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(&c, "-TERM");
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    Command::new("kill")
-        .arg(sig)
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-}
-
-/// Everything a subscriber receives, kept across broker restarts (persistent session, QoS 1).
-struct Subscriber {
-    got: Arc<Mutex<Vec<(String, Value, bool)>>>,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Subscriber {
-    fn start(port: u16, id: &str, filter: &str, clean: bool) -> Subscriber {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
-        let filter = filter.to_owned();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_clean_session(clean)
-            .set_keep_alive(Duration::from_secs(5));
-        rt.spawn(async move {
-            let (client, mut ev) = AsyncClient::new(opts, 100);
-            let mut ready = Some(ready_tx);
-            loop {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        client
-                            .subscribe(filter.clone(), QoS::AtLeastOnce)
-                            .await
-                            .unwrap();
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                        sink.lock().unwrap().push((p.topic.clone(), v, p.retain));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("subscribed");
-        Subscriber { got, rt }
-    }
-
-    fn messages(&self) -> Vec<(String, Value, bool)> {
-        self.got.lock().unwrap().clone()
-    }
-
-    fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        f: impl Fn(&[(String, Value, bool)]) -> bool,
-    ) {
-        let deadline = Instant::now() + timeout;
-        while !f(&self.messages()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {:?}",
-                self.messages().len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        // The runtime's tasks end with it.
-        let _ = &self.rt;
-    }
-}
 
 const ZONES: &str = "[[zones]]\nid = \"window\"\nhub = \"hub-window\"\nenter_rssi = -75\nexit_rssi = -84\n\
                      min_enter_s = 1.0\n[[zones]]\nid = \"rails\"\nhub = \"hub-rails\"\nenter_rssi = -75\n\
@@ -193,18 +35,6 @@ fn daemon_config(dir: &Path, store: &str, url: &str, speed: f64) -> PathBuf {
     )
     .unwrap();
     p
-}
-
-fn start_daemon(config: &Path) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "beacond=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 /// The presence events the daemon's pipeline produces for the boutique with these zones: the

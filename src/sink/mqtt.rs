@@ -522,12 +522,12 @@ async fn goodbye(
 fn describe(e: &rumqttc::ConnectionError) -> String {
     use rumqttc::ConnectReturnCode as C;
     match e {
-        rumqttc::ConnectionError::ConnectionRefused(C::BadUserNamePassword) => {
-            "broker refused the user name or password (check mqtt.username and the password file)"
+        // Mosquitto answers a wrong password with "not authorised", other brokers with "bad user
+        // name or password": both mean the same thing to whoever reads the log.
+        rumqttc::ConnectionError::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized) => {
+            "broker refused the login: check mqtt.username and the password file, and the broker's \
+              ACL for this hub"
                 .into()
-        }
-        rumqttc::ConnectionError::ConnectionRefused(C::NotAuthorized) => {
-            "broker says this client is not authorised (check the broker's ACL for this hub)".into()
         }
         rumqttc::ConnectionError::ConnectionRefused(code) => format!("broker refused: {code:?}"),
         rumqttc::ConnectionError::Tls(t) => {

@@ -1,0 +1,201 @@
+//! Test harness shared by the MQTT tests: a real Mosquitto on a free loopback port, a subscriber that
+//! records everything, and the daemon as a child process.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Mosquitto broker owned by a test; killed on drop.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    extra: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        Broker::with(dir, "listener {port} 127.0.0.1\nallow_anonymous true\n")
+    }
+
+    /// A broker with its own listener lines; `{port}` is replaced by its port.
+    pub fn with(dir: &Path, listeners: &str) -> Broker {
+        let port = free_port();
+        let mut b = Broker {
+            port,
+            dir: dir.to_owned(),
+            extra: listeners.replace("{port}", &port.to_string()),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "{}persistence true\npersistence_location {}/\n",
+                self.extra,
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker gracefully, so it saves persistent sessions.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "-TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    Command::new("kill")
+        .arg(sig)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+}
+
+/// Everything a subscriber receives, kept across broker restarts (persistent session, QoS 1).
+pub struct Subscriber {
+    got: Arc<Mutex<Vec<(String, Value, bool)>>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, id: &str, filter: &str, clean: bool) -> Subscriber {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let filter = filter.to_owned();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(clean)
+            .set_keep_alive(Duration::from_secs(5));
+        rt.spawn(async move {
+            let (client, mut ev) = AsyncClient::new(opts, 100);
+            let mut ready = Some(ready_tx);
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        client
+                            .subscribe(filter.clone(), QoS::AtLeastOnce)
+                            .await
+                            .unwrap();
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        sink.lock().unwrap().push((p.topic.clone(), v, p.retain));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("subscribed");
+        Subscriber { got, rt }
+    }
+
+    pub fn messages(&self) -> Vec<(String, Value, bool)> {
+        self.got.lock().unwrap().clone()
+    }
+
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[(String, Value, bool)]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !f(&self.messages()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.messages().len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // The runtime's tasks end with it.
+        let _ = &self.rt;
+    }
+}
+
+/// Starts `beacond run --config CONFIG`, its log going to `log` when given.
+pub fn start_daemon_logging(config: &Path, log: Option<&Path>) -> Child {
+    let stderr = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+        None => Stdio::null(),
+    };
+    Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "beacond=debug")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// Starts `beacond run --config CONFIG`.
+pub fn start_daemon(config: &Path) -> Child {
+    start_daemon_logging(config, None)
+}

@@ -1,0 +1,228 @@
+//! TLS, mutual TLS and credentials against a real Mosquitto, with a throwaway CA made by the test.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{start_daemon_logging, Broker, Subscriber};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn write_pki(dir: &Path) -> Pki {
+    // Distinct subject names: with rcgen's default name on every certificate, OpenSSL takes the
+    // leaves for self-signed and rejects them as signed by an unknown CA.
+    let named = |sans: Vec<String>, cn: &str| {
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = named(vec![], "beacond test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = named(vec!["localhost".to_owned()], "localhost")
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = named(vec![], "hub-window");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let put = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    Pki {
+        ca: put("ca.pem", ca.pem()),
+        server_cert: put("server.pem", server.pem()),
+        server_key: put("server.key", server_key.serialize_pem()),
+        client_cert: put("client.pem", client.pem()),
+        client_key: put("client.key", client_key.serialize_pem()),
+    }
+}
+
+fn config(dir: &Path, name: &str, mqtt: &str) -> std::path::PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[hub]\nstore_id = \"{name}\"\nhub_id = \"hub-window\"\ndata_dir = {:?}\n\
+             [scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\nspeed = 100.0\n\
+             [mqtt]\n{mqtt}\nkeep_alive_s = 5\n",
+            dir.join(format!("data-{name}")).display().to_string()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn wait_log(log: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// mqtts:// with a CA file and a client certificate (the broker requires one) delivers events; the
+/// same hub without a client certificate is refused, says so, and keeps retrying without crashing.
+#[test]
+fn mutual_tls_connects_and_a_missing_client_certificate_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = write_pki(dir.path());
+    // A plain listener for the test's subscriber, and a TLS one requiring client certificates.
+    let tls_port = common::free_port();
+    let broker = Broker::with(
+        dir.path(),
+        &format!(
+            "allow_anonymous true\nlistener {{port}} 127.0.0.1\nlistener {tls_port} 127.0.0.1\n\
+             cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.ca, pki.server_cert, pki.server_key
+        ),
+    );
+    let sub = Subscriber::start(broker.port, "tls-watch", "beacond/#", true);
+    let good = config(
+        dir.path(),
+        "mtls",
+        &format!(
+            "url = \"mqtts://localhost:{tls_port}\"\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}",
+            pki.ca, pki.client_cert, pki.client_key
+        ),
+    );
+    let log = dir.path().join("good.log");
+    let mut daemon = start_daemon_logging(&good, Some(&log));
+    let online = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sub.wait_for("events over mutual TLS", Duration::from_secs(30), |m| {
+            m.iter()
+                .any(|(t, v, _)| t == "beacond/mtls/hub-window/status" && v["state"] == "online")
+        })
+    }));
+    assert!(
+        online.is_ok(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    let bad = config(
+        dir.path(),
+        "nocert",
+        &format!(
+            "url = \"mqtts://localhost:{tls_port}\"\nca_file = {:?}",
+            pki.ca
+        ),
+    );
+    let log = dir.path().join("bad.log");
+    let mut daemon = start_daemon_logging(&bad, Some(&log));
+    wait_log(&log, "MQTT connection failed", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon must keep running and retrying"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(!sub
+        .messages()
+        .iter()
+        .any(|(t, _, _)| t.starts_with("beacond/nocert/")));
+}
+
+/// A wrong password gives a log line that says what to check, retries, and no crash; the right one
+/// (read from systemd's credentials directory) connects.
+#[test]
+fn a_wrong_password_is_reported_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let ok = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["hub", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let broker = Broker::with(
+        dir.path(),
+        &format!(
+            "listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            passwd.display()
+        ),
+    );
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("mqtt-password"), "wrong\n").unwrap();
+    let cfg = config(
+        dir.path(),
+        "pw",
+        &format!(
+            "url = \"{}\"\nusername = \"hub\"\npassword_file = \"mqtt-password\"",
+            broker.url()
+        ),
+    );
+    let log = dir.path().join("pw.log");
+    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .env("RUST_LOG", "beacond=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = wait_log(&log, "broker refused the login", Duration::from_secs(20));
+    assert!(
+        text.contains("check mqtt.username and the password file"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon must keep retrying"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    // The right password, from the credentials directory, connects.
+    std::fs::write(creds.join("mqtt-password"), "s3cret\n").unwrap();
+    let log = dir.path().join("pw2.log");
+    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .env("RUST_LOG", "beacond=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_log(
+        &log,
+        "connected to the MQTT broker",
+        Duration::from_secs(20),
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
