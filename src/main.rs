@@ -157,12 +157,6 @@ fn demo(
     warm_start_min: f64,
     mqtt: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    if mqtt.is_some() {
-        eprintln!(
-            "beacond demo: --mqtt needs the MQTT publisher, which this build does not have yet"
-        );
-        return Ok(ExitCode::from(2));
-    }
     if !(speed.is_finite() && speed > 0.0) {
         eprintln!("beacond demo: --speed must be a positive number, got {speed}");
         return Ok(ExitCode::from(2));
@@ -179,6 +173,19 @@ fn demo(
     cfg.scan.source = beacond::config::SourceKind::Sim;
     cfg.scan.sim_scenario = spec;
     cfg.scan.speed = speed;
+    if let Some(url) = mqtt {
+        cfg.mqtt.enabled = true;
+        cfg.mqtt.url = url;
+        // The demo's spool is throwaway, like the demo.
+        cfg.hub.data_dir =
+            std::env::temp_dir().join(format!("beacond-demo-{}", std::process::id()));
+        if let Err(problems) = Config::parse(&toml::to_string(&cfg)?) {
+            for p in problems {
+                eprintln!("beacond demo: --mqtt: {}", p.message);
+            }
+            return Ok(ExitCode::from(2));
+        }
+    }
     // The feed is the demo's output; only problems go to the log.
     beacond::logging::init("warn", beacond::config::LogFormat::Auto)?;
     println!(

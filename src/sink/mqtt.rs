@@ -117,6 +117,18 @@ pub struct Settings {
     config_hash: String,
 }
 
+/// The Last Will: the broker publishes it (retained) when the hub vanishes without a goodbye.
+pub fn last_will_payload(store: &str, hub: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schema": SCHEMA_VERSION,
+        "state": "offline",
+        "reason": "connection lost",
+        "store": store,
+        "hub": hub,
+    }))
+    .expect("JSON of strings")
+}
+
 /// Reads the password file, looking in systemd's `$CREDENTIALS_DIRECTORY` first for a relative name.
 fn read_password(path: &Path) -> Result<String, MqttError> {
     let candidate = match std::env::var_os("CREDENTIALS_DIRECTORY") {
@@ -211,14 +223,7 @@ impl Settings {
             .set_max_packet_size(256 * 1024, 256 * 1024)
             .set_last_will(LastWill::new(
                 &topics.status,
-                serde_json::to_vec(&json!({
-                    "schema": SCHEMA_VERSION,
-                    "state": "offline",
-                    "reason": "connection lost",
-                    "store": cfg.hub.store_id,
-                    "hub": cfg.hub.hub_id,
-                }))
-                .expect("static JSON"),
+                last_will_payload(&cfg.hub.store_id, &cfg.hub.hub_id),
                 QoS::AtLeastOnce,
                 true,
             ));
@@ -250,7 +255,7 @@ impl Settings {
     }
 
     /// The retained status payload for `state` (`online` or `offline`).
-    fn status(&self, state: &str, reason: Option<&str>) -> Vec<u8> {
+    pub fn status(&self, state: &str, reason: Option<&str>) -> Vec<u8> {
         let mut v = json!({
             "schema": SCHEMA_VERSION,
             "state": state,

@@ -1,0 +1,102 @@
+//! Every payload the daemon produces validates against the JSON Schemas of docs/asyncapi.yaml, so
+//! the published contract and the code cannot drift apart.
+
+use beacond::scan::sim::Scenario;
+use beacond::sink::mqtt::{last_will_payload, Settings};
+use beacond::sink::render;
+use serde_json::Value;
+
+fn asyncapi() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/asyncapi.yaml"))
+        .unwrap();
+    serde_yaml_ng::from_str(&text).unwrap()
+}
+
+fn validator(doc: &Value, name: &str) -> jsonschema::Validator {
+    let schema = &doc["components"]["schemas"][name];
+    assert!(schema.is_object(), "no schema {name}");
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .unwrap()
+}
+
+fn check(v: &jsonschema::Validator, payload: &[u8], what: &str) {
+    let instance: Value = serde_json::from_slice(payload).unwrap();
+    let errors: Vec<String> = v.iter_errors(&instance).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not match the contract: {errors:?}\n{instance}"
+    );
+}
+
+#[test]
+fn every_produced_payload_matches_the_asyncapi_schemas() {
+    let doc = asyncapi();
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    let presence = validator(&doc, "presence");
+    let headcount = validator(&doc, "headcount");
+    let status = validator(&doc, "status");
+
+    let sc = Scenario::load("builtin:supermarket").unwrap();
+    let mut cfg = sc.as_config();
+    cfg.mqtt.enabled = true;
+    let settings = Settings::from_config(&cfg, beacond::daemon::config_hash(&cfg)).unwrap();
+    let topics = settings.topics().clone();
+    let mut counts = std::collections::HashMap::new();
+    beacond::simulate::run(sc, None, |core, e| {
+        let m = settings.message(&render(core, e));
+        let (v, kind) = if m.topic == topics.presence {
+            (&presence, "presence")
+        } else if m.topic == topics.stats {
+            (&headcount, "headcount")
+        } else {
+            panic!("unexpected topic {}", m.topic)
+        };
+        check(v, &m.payload, kind);
+        let event = serde_json::from_slice::<Value>(&m.payload).unwrap()["event"].clone();
+        *counts.entry(format!("{kind}/{event}")).or_insert(0) += 1;
+    });
+    for kind in [
+        "presence/\"enter\"",
+        "presence/\"dwell\"",
+        "presence/\"exit\"",
+        "headcount/null",
+    ] {
+        assert!(
+            counts.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} produced: {counts:?}"
+        );
+    }
+    check(&status, &settings.status("online", None), "online status");
+    check(
+        &status,
+        &settings.status("offline", Some("shutdown")),
+        "offline status",
+    );
+    check(&status, &last_will_payload("store-1", "hub-1"), "last will");
+}
+
+#[test]
+fn the_schemas_reject_what_the_contract_forbids() {
+    let doc = asyncapi();
+    let presence = validator(&doc, "presence");
+    let ok: Value = serde_json::json!({
+        "schema": 1, "event_id": "0190a3b4-0000-7000-8000-000000000000", "store": "s", "hub": "h",
+        "type": "presence", "event": "exit", "customer_id": "c", "zone": "z",
+        "at": "2026-01-05T09:00:00.000Z", "entered_at": "2026-01-05T09:00:00.000Z",
+        "first_seen": "2026-01-05T09:00:00.000Z", "last_seen": "2026-01-05T09:00:00.000Z",
+        "rssi": -70.0, "distance_m": 2.0, "duration_s": 12.5, "reason": "signal"
+    });
+    assert!(presence.is_valid(&ok));
+    // An exit without its duration, an unknown field, a timestamp that is not RFC 3339.
+    let mut bad = ok.clone();
+    bad.as_object_mut().unwrap().remove("duration_s");
+    assert!(!presence.is_valid(&bad));
+    let mut bad = ok.clone();
+    bad["mac_address"] = "aa:bb:cc:dd:ee:ff".into();
+    assert!(!presence.is_valid(&bad));
+    let mut bad = ok;
+    bad["at"] = "yesterday".into();
+    assert!(!presence.is_valid(&bad));
+}
