@@ -33,6 +33,8 @@ use crate::time::Timestamp;
 pub const WINDOW: usize = 64;
 /// Schema version of every payload; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
+/// How long the sink gathers records before one flushed spool write.
+const INGEST_WINDOW: Duration = Duration::from_millis(200);
 /// How long a finishing sink keeps sending before leaving the rest in the spool.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait between reconnect attempts.
@@ -324,14 +326,17 @@ pub async fn run(
         shutdown,
         finish_rx,
     ));
-    // Ingest: batch whatever is waiting into one flushed spool write.
+    // Ingest: gather what arrives within INGEST_WINDOW into one flushed spool write. Every flush writes
+    // whole blocks, so on an SD card a flush per event would cost kilobytes each; a record that is
+    // still in this window when the power goes was never accepted, so nothing accepted is lost.
     let mut batch = Vec::new();
     while let Some(r) = rx.recv().await {
         batch.push(settings.message(&r));
+        let until = tokio::time::Instant::now() + INGEST_WINDOW;
         while batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(r) => batch.push(settings.message(&r)),
-                Err(_) => break,
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(r)) => batch.push(settings.message(&r)),
+                Ok(None) | Err(_) => break,
             }
         }
         let mut s = spool.lock().await;
@@ -378,39 +383,45 @@ async fn connect_loop(
     let mut handed: VecDeque<Option<(u64, u8)>> = VecDeque::new();
     let mut unacked: HashMap<u16, u64> = HashMap::new();
     let mut cursor = 0u64;
+    // Acknowledged spool entries, removed in batches: one sled batch per PUBACK costs more than the
+    // publish itself.
+    let mut acked: Vec<u64> = Vec::with_capacity(WINDOW);
     loop {
+        if acked.len() >= WINDOW / 2 || (!acked.is_empty() && unacked.is_empty()) {
+            let n = acked.len() as u64;
+            if let Err(e) = spool.lock().await.remove(&acked) {
+                tracing::error!(error = %e, "spool removal failed; the messages will be sent again");
+            }
+            acked.clear();
+            health.lock().expect("health lock").acknowledged += n;
+        }
         let finished = *finish.borrow()
             && handed.is_empty()
             && unacked.is_empty()
             && spool.lock().await.depth() == 0;
-        if connected {
-            let s = spool.lock().await;
-            while handed.len() + unacked.len() < WINDOW {
-                let entry = match s.next_from(cursor) {
-                    Ok(Some(e)) => e,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, "spool read failed");
-                        break;
+        if connected && handed.len() + unacked.len() < WINDOW {
+            let room = WINDOW - handed.len() - unacked.len();
+            let batch = spool.lock().await.batch_from(cursor, room);
+            match batch {
+                Ok(entries) => {
+                    for entry in entries {
+                        let qos = if entry.message.qos == 0 {
+                            QoS::AtMostOnce
+                        } else {
+                            QoS::AtLeastOnce
+                        };
+                        let (seq, level) = (entry.seq, entry.message.qos);
+                        if client
+                            .try_publish(entry.message.topic, qos, false, entry.message.payload)
+                            .is_err()
+                        {
+                            break;
+                        }
+                        handed.push_back(Some((seq, level)));
+                        cursor = seq + 1;
                     }
-                };
-                let qos = if entry.message.qos == 0 {
-                    QoS::AtMostOnce
-                } else {
-                    QoS::AtLeastOnce
-                };
-                match client.try_publish(
-                    entry.message.topic.clone(),
-                    qos,
-                    false,
-                    entry.message.payload.clone(),
-                ) {
-                    Ok(()) => {
-                        handed.push_back(Some((entry.seq, entry.message.qos)));
-                        cursor = entry.seq + 1;
-                    }
-                    Err(_) => break,
                 }
+                Err(e) => tracing::error!(error = %e, "spool read failed"),
             }
         }
         tokio::select! {
@@ -453,9 +464,7 @@ async fn connect_loop(
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     match handed.pop_front() {
-                        Some(Some((seq, 0))) => {
-                            let _ = spool.lock().await.remove(&[seq]);
-                        }
+                        Some(Some((seq, 0))) => acked.push(seq),
                         Some(Some((seq, _))) => {
                             unacked.insert(pkid, seq);
                         }
@@ -464,8 +473,7 @@ async fn connect_loop(
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some(seq) = unacked.remove(&ack.pkid) {
-                        let _ = spool.lock().await.remove(&[seq]);
-                        health.lock().expect("health lock").acknowledged += 1;
+                        acked.push(seq);
                     }
                 }
                 Ok(_) => {}

@@ -157,6 +157,10 @@ fn decode(v: &[u8]) -> Option<Message> {
     })
 }
 
+/// sled writes whole segments when it flushes: small segments keep a flush of a few events from
+/// costing an SD card megabytes.
+const SEGMENT_SIZE: usize = 64 * 1024;
+
 /// The bytes an entry counts for against `max_bytes`: its record plus sled's per-key overhead.
 fn cost(record_len: usize) -> u32 {
     (record_len + 8 + 32) as u32
@@ -243,6 +247,7 @@ impl Spool {
             // SD card wear.
             .flush_every_ms(None)
             .mode(sled::Mode::LowSpace)
+            .segment_size(SEGMENT_SIZE)
             .open()
     }
 
@@ -352,6 +357,24 @@ impl Spool {
             .await
             .map_err(|source| self.db_err(source))?;
         Ok(victims.len() as u64)
+    }
+
+    /// Up to `n` entries at or after `seq`, in order, from one range scan.
+    pub fn batch_from(&self, seq: u64, n: usize) -> Result<Vec<Entry>, SpoolError> {
+        let mut out = Vec::with_capacity(n);
+        for item in self.tree.range(seq.to_be_bytes()..).take(n) {
+            let (k, v) = item.map_err(|source| self.db_err(source))?;
+            let Ok(key) = <[u8; 8]>::try_from(k.as_ref()) else {
+                continue;
+            };
+            let seq = u64::from_be_bytes(key);
+            let message = decode(&v).ok_or_else(|| SpoolError::Corrupt {
+                path: self.path.clone(),
+                seq,
+            })?;
+            out.push(Entry { seq, message });
+        }
+        Ok(out)
     }
 
     /// The entry at or after `seq`, in order.
