@@ -205,12 +205,18 @@ pub async fn run_with(
         mark_tx,
         shutdown.clone(),
     ));
+    let periodic = Periodic::new(
+        warm_end,
+        cfg.mqtt.stats_interval_s * 1000,
+        cfg.mqtt.beacons_interval_s * 1000,
+    );
     let core_task = tokio::spawn(run_core(
         core,
         clock,
         adv_rx,
         mark_rx,
         rec_tx,
+        periodic,
         shutdown.clone(),
     ));
 
@@ -266,6 +272,7 @@ async fn run_core(
     mut rx: mpsc::Receiver<Advert>,
     mut watermark: tokio::sync::watch::Receiver<crate::time::Timestamp>,
     tx: mpsc::Sender<Record>,
+    mut periodic: Periodic,
     mut shutdown: Shutdown,
 ) {
     let mut events = Vec::new();
@@ -276,7 +283,10 @@ async fn run_core(
         } else {
             *watermark.borrow_and_update()
         };
-        let deadline = core.poll_timeout();
+        let deadline = [core.poll_timeout(), Some(periodic.next())]
+            .into_iter()
+            .flatten()
+            .min();
         let due = deadline.filter(|d| *d <= mark);
         tokio::select! {
             biased;
@@ -288,6 +298,11 @@ async fn run_core(
             _ = sleep_until_some(due.map(|t| clock.instant_of(t))) => {
                 if let Some(t) = due {
                     core.handle_timeout(t, &mut events);
+                    for r in periodic.due(&core, t) {
+                        if tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
             changed = watermark.changed(), if deadline.is_some() && due.is_none() && !source_gone => {
@@ -300,6 +315,50 @@ async fn run_core(
                 return;
             }
         }
+    }
+}
+
+/// The periodic `stats` and `beacons` records, on pipeline time.
+struct Periodic {
+    stats_every: u64,
+    beacons_every: u64,
+    stats_start: crate::time::Timestamp,
+    next_stats: crate::time::Timestamp,
+    next_beacons: crate::time::Timestamp,
+    prev: crate::pipeline::CoreStats,
+}
+
+impl Periodic {
+    fn new(start: crate::time::Timestamp, stats_every: u64, beacons_every: u64) -> Periodic {
+        let (stats_every, beacons_every) = (stats_every.max(1000), beacons_every.max(1000));
+        Periodic {
+            stats_every,
+            beacons_every,
+            stats_start: start,
+            next_stats: crate::time::Timestamp(start.0 + stats_every),
+            next_beacons: crate::time::Timestamp(start.0 + beacons_every),
+            prev: Default::default(),
+        }
+    }
+
+    fn next(&self) -> crate::time::Timestamp {
+        self.next_stats.min(self.next_beacons)
+    }
+
+    /// The records due at `now`.
+    fn due(&mut self, core: &Core, now: crate::time::Timestamp) -> Vec<Record> {
+        let mut out = Vec::new();
+        if now >= self.next_stats {
+            out.push(sink::stats_record(core, &self.prev, self.stats_start, now));
+            self.prev = core.stats();
+            self.stats_start = now;
+            self.next_stats = crate::time::Timestamp(now.0 + self.stats_every);
+        }
+        if now >= self.next_beacons {
+            out.push(sink::beacons_record(core, now));
+            self.next_beacons = crate::time::Timestamp(now.0 + self.beacons_every);
+        }
+        out
     }
 }
 

@@ -1,7 +1,9 @@
 //! The core stages in one sans-IO value: decode → identity → presence. The daemon, `simulate`, `demo`
 //! and the tests all push adverts through this same [`Core`].
 
-use crate::decode::{decode_frames, Frame};
+use rustc_hash::FxHashMap;
+
+use crate::decode::{decode_frames, EddystoneTlm, Frame};
 use crate::identity::{AnonymousHasher, BeaconId, Directory, Identity, Known};
 use crate::presence::{Engine, Event, HubIdx, Observation};
 use crate::scan::Advert;
@@ -24,6 +26,42 @@ pub struct CoreStats {
     pub foreign_hub_adverts: u64,
 }
 
+/// What the hub knows about one of the store's fixed beacons: fleet health for the `beacons` topic.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BeaconHealth {
+    /// Last time it was heard.
+    pub last_seen: Timestamp,
+    /// RSSI of the last advert, dBm.
+    pub rssi: i16,
+    /// Adverts heard.
+    pub adverts: u64,
+    /// From its last plain Eddystone-TLM frame: battery in mV.
+    pub battery_mv: Option<u16>,
+    /// From its last plain Eddystone-TLM frame: temperature in °C.
+    pub temperature_c: Option<f32>,
+    /// From its last plain Eddystone-TLM frame: uptime in seconds.
+    pub uptime_s: Option<f64>,
+}
+
+/// Fixed beacons' addresses remembered at most, so a TLM frame (which carries no id) can be matched
+/// to the beacon that sent it; far more than any store has.
+const FIXED_ADDRESSES: usize = 4096;
+
+/// What an advert resolved to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Resolved {
+    /// Who the engine tracks it as; `None` for the store's fixed beacons.
+    pub identity: Option<Identity>,
+    /// The power at 1 m its frame states, for a known beacon.
+    pub measured_power: Option<i8>,
+    /// Whether the payload decoded.
+    pub decoded: bool,
+    /// The fixed beacon it identifies, if any.
+    pub fixed: Option<u32>,
+    /// Its Eddystone-TLM frame, if any.
+    pub tlm: Option<EddystoneTlm>,
+}
+
 /// Decode, resolve and decide, for adverts from a source with the given hubs.
 #[derive(Debug)]
 pub struct Core {
@@ -32,6 +70,8 @@ pub struct Core {
     anon: AnonymousHasher,
     hub_map: Vec<Option<HubIdx>>,
     stats: CoreStats,
+    fleet: FxHashMap<u32, BeaconHealth>,
+    fixed_addresses: FxHashMap<[u8; 6], u32>,
 }
 
 impl Core {
@@ -44,6 +84,52 @@ impl Core {
             anon: AnonymousHasher::new(salt),
             hub_map,
             stats: CoreStats::default(),
+            fleet: FxHashMap::default(),
+            fixed_addresses: FxHashMap::default(),
+        }
+    }
+
+    /// Health of every fixed beacon heard so far, by display id.
+    pub fn fleet(&self) -> Vec<(String, BeaconHealth)> {
+        let mut v: Vec<(String, BeaconHealth)> = self
+            .fleet
+            .iter()
+            .filter_map(|(k, h)| Some((self.directory.fixed(*k)?.to_owned(), *h)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Folds a fixed beacon's advert (identified by its frame, or by an address it used before) into
+    /// fleet health.
+    fn note_fixed(&mut self, adv: &Advert, fixed: Option<u32>, tlm: Option<EddystoneTlm>) {
+        let key = match fixed {
+            Some(k) => {
+                if self.fixed_addresses.len() >= FIXED_ADDRESSES {
+                    self.fixed_addresses.clear();
+                }
+                self.fixed_addresses.insert(adv.address, k);
+                k
+            }
+            None => match self.fixed_addresses.get(&adv.address) {
+                Some(&k) => k,
+                None => return,
+            },
+        };
+        let h = self.fleet.entry(key).or_default();
+        h.last_seen = adv.at;
+        h.rssi = adv.rssi;
+        h.adverts += 1;
+        if let Some(EddystoneTlm::Plain {
+            battery_mv,
+            temperature_c,
+            uptime_tenths,
+            ..
+        }) = tlm
+        {
+            h.battery_mv = (battery_mv > 0).then_some(battery_mv);
+            h.temperature_c = temperature_c;
+            h.uptime_s = Some(uptime_tenths as f64 / 10.0);
         }
     }
 
@@ -64,10 +150,14 @@ impl Core {
 
     /// Resolves an advert to the identity the engine tracks it under, without feeding the engine.
     /// `None` for the store's fixed beacons.
-    pub fn resolve(&self, adv: &Advert) -> (Option<Identity>, Option<i8>, bool) {
+    pub fn resolve(&self, adv: &Advert) -> Resolved {
         let mut known: Option<Known> = None;
         let mut power = None;
+        let mut tlm = None;
         let decoded = decode_frames(&adv.payload, |f: Frame| {
+            if let Frame::EddystoneTlm(t) = f {
+                tlm = Some(t);
+            }
             if known.is_none() {
                 if let Some(k) = BeaconId::of(&f).and_then(|id| self.directory.lookup(&id)) {
                     known = Some(k);
@@ -75,23 +165,39 @@ impl Core {
                 }
             }
         });
-        let identity = match known {
-            Some(Known::Fixed(_)) => None,
-            Some(Known::Identity(i)) => Some(i),
-            None => Some(Identity::Anonymous(self.anon.handle(&adv.address))),
+        let (identity, fixed) = match known {
+            Some(Known::Fixed(k)) => (None, Some(k)),
+            Some(Known::Identity(i)) => (Some(i), None),
+            // A TLM frame alone names nobody; if its address belongs to a fixed beacon it is that
+            // beacon's telemetry, not a shopper.
+            None if tlm.is_some() && self.fixed_addresses.contains_key(&adv.address) => {
+                (None, None)
+            }
+            None => (
+                Some(Identity::Anonymous(self.anon.handle(&adv.address))),
+                None,
+            ),
         };
-        (identity, power, decoded.is_ok())
+        Resolved {
+            identity,
+            measured_power: power,
+            decoded: decoded.is_ok(),
+            fixed,
+            tlm,
+        }
     }
 
     /// Handles one advert at its own timestamp.
     pub fn handle_advert(&mut self, adv: &Advert, out: &mut Vec<Event>) {
         self.stats.adverts += 1;
-        let (identity, power, decoded) = self.resolve(adv);
-        if !decoded {
+        let r = self.resolve(adv);
+        if !r.decoded {
             self.stats.decode_errors += 1;
         }
-        let Some(identity) = identity else {
+        let power = r.measured_power;
+        let Some(identity) = r.identity else {
             self.stats.fixed_beacon_adverts += 1;
+            self.note_fixed(adv, r.fixed, r.tlm);
             return;
         };
         if identity.is_anonymous() {

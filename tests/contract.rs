@@ -37,14 +37,37 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
     let presence = validator(&doc, "presence");
     let headcount = validator(&doc, "headcount");
     let status = validator(&doc, "status");
+    let stats = validator(&doc, "stats");
+    let beacons = validator(&doc, "beacons");
 
     let sc = Scenario::load("builtin:supermarket").unwrap();
     let mut cfg = sc.as_config();
     cfg.mqtt.enabled = true;
     let settings = Settings::from_config(&cfg, beacond::daemon::config_hash(&cfg)).unwrap();
     let topics = settings.topics().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) =
+        beacond::sink::spool::Spool::open(&dir.path().join("s"), 1 << 20, 1 << 20).unwrap();
     let mut counts = std::collections::HashMap::new();
+    let mut periodic_checked = 0;
     beacond::simulate::run(sc, None, |core, e| {
+        // Periodic records, built from the same core at a few points of the run.
+        if let beacond::presence::Event::Headcount(h) = e {
+            let s = beacond::sink::stats_record(core, &Default::default(), h.start, h.end);
+            check(&stats, &settings.message(&s).payload, "stats");
+            // As the MQTT sink sends it, with its spool and connection counters.
+            let enriched = beacond::sink::mqtt::with_sink_counters(
+                &settings.message(&s).payload,
+                &spool,
+                &Default::default(),
+            );
+            check(&stats, &enriched, "stats with sink counters");
+            let b = beacond::sink::beacons_record(core, h.end);
+            let m = settings.message(&b);
+            assert_eq!(m.topic, topics.beacons);
+            check(&beacons, &m.payload, "beacons");
+            periodic_checked += 1;
+        }
         let m = settings.message(&render(core, e));
         let (v, kind) = if m.topic == topics.presence {
             (&presence, "presence")
@@ -68,6 +91,7 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
             "no {kind} produced: {counts:?}"
         );
     }
+    assert!(periodic_checked > 10);
     check(&status, &settings.status("online", None), "online status");
     check(
         &status,

@@ -27,6 +27,140 @@ pub enum Record {
     Presence(PresenceRecord),
     /// Devices per zone over an interval.
     Headcount(HeadcountRecord),
+    /// Pipeline counters over an interval.
+    Stats(StatsRecord),
+    /// Health of the store's fixed beacons.
+    Beacons(BeaconsRecord),
+}
+
+impl Record {
+    /// The pipeline time the record is about.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Record::Presence(p) => p.at,
+            Record::Headcount(h) => h.end,
+            Record::Stats(s) => s.end,
+            Record::Beacons(b) => b.at,
+        }
+    }
+}
+
+/// Pipeline counters over one interval (the MQTT sink adds its spool and connection counters).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatsRecord {
+    /// Start of the interval.
+    #[serde(serialize_with = "rfc3339")]
+    pub start: Timestamp,
+    /// End of the interval.
+    #[serde(serialize_with = "rfc3339")]
+    pub end: Timestamp,
+    /// Adverts heard in the interval.
+    pub adverts: u64,
+    /// Adverts per second over the interval.
+    pub adverts_per_s: f64,
+    /// Adverts that did not decode.
+    pub decode_errors: u64,
+    /// Adverts of customers and tags.
+    pub known_adverts: u64,
+    /// Adverts of anonymous devices.
+    pub anonymous_adverts: u64,
+    /// Adverts of the store's fixed beacons.
+    pub fixed_beacon_adverts: u64,
+    /// Identities tracked at the end of the interval.
+    pub tracked: u64,
+    /// Of which anonymous.
+    pub tracked_anonymous: u64,
+    /// Tracks evicted to stay under `max_tracked` (since start).
+    pub evictions: u64,
+    /// Observations that arrived out of order (since start).
+    pub late_observations: u64,
+}
+
+/// Health of the store's fixed beacons.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BeaconsRecord {
+    /// When the report was made.
+    #[serde(serialize_with = "rfc3339")]
+    pub at: Timestamp,
+    /// One entry per fixed beacon heard since start.
+    pub beacons: Vec<BeaconHealthRecord>,
+}
+
+/// Below this battery voltage a beacon is flagged for replacement, mV.
+pub const LOW_BATTERY_MV: u16 = 2600;
+
+/// One fixed beacon's health.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BeaconHealthRecord {
+    /// Its id.
+    pub id: String,
+    /// Last time it was heard.
+    #[serde(serialize_with = "rfc3339")]
+    pub last_seen: Timestamp,
+    /// RSSI of its last advert, dBm.
+    pub rssi: i16,
+    /// Adverts heard since start.
+    pub adverts: u64,
+    /// Battery from Eddystone-TLM, mV.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery_mv: Option<u16>,
+    /// Temperature from Eddystone-TLM, °C.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f32>,
+    /// Uptime from Eddystone-TLM, s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_s: Option<f64>,
+    /// Battery below [`LOW_BATTERY_MV`].
+    pub low_battery: bool,
+}
+
+/// The counters since `prev` (the core's counters at `start`), as a stats record.
+pub fn stats_record(
+    core: &Core,
+    prev: &crate::pipeline::CoreStats,
+    start: Timestamp,
+    end: Timestamp,
+) -> Record {
+    let now = core.stats();
+    let e = core.engine().stats();
+    let (tracked, anonymous) = core.engine().tracked();
+    let adverts = now.adverts - prev.adverts;
+    let secs = end.secs_since(start).max(1e-3);
+    Record::Stats(StatsRecord {
+        start,
+        end,
+        adverts,
+        adverts_per_s: (adverts as f64 / secs * 10.0).round() / 10.0,
+        decode_errors: now.decode_errors - prev.decode_errors,
+        known_adverts: now.known_adverts - prev.known_adverts,
+        anonymous_adverts: now.anonymous_adverts - prev.anonymous_adverts,
+        fixed_beacon_adverts: now.fixed_beacon_adverts - prev.fixed_beacon_adverts,
+        tracked: tracked as u64,
+        tracked_anonymous: anonymous as u64,
+        evictions: e.evictions,
+        late_observations: e.late_observations,
+    })
+}
+
+/// The fleet health record at `at`.
+pub fn beacons_record(core: &Core, at: Timestamp) -> Record {
+    Record::Beacons(BeaconsRecord {
+        at,
+        beacons: core
+            .fleet()
+            .into_iter()
+            .map(|(id, h)| BeaconHealthRecord {
+                id,
+                last_seen: h.last_seen,
+                rssi: h.rssi,
+                adverts: h.adverts,
+                battery_mv: h.battery_mv,
+                temperature_c: h.temperature_c,
+                uptime_s: h.uptime_s,
+                low_battery: h.battery_mv.is_some_and(|b| b < LOW_BATTERY_MV),
+            })
+            .collect(),
+    })
 }
 
 /// An enter, dwell or exit.

@@ -284,7 +284,10 @@ impl Settings {
                 1,
                 p.customer_id.clone(),
             ),
-            Record::Headcount(_) => (&self.topics.stats, Priority::Stats, 0, None),
+            Record::Headcount(_) | Record::Stats(_) => {
+                (&self.topics.stats, Priority::Stats, 0, None)
+            }
+            Record::Beacons(_) => (&self.topics.beacons, Priority::Beacons, 0, None),
         };
         let mut envelope = serde_json::Map::new();
         envelope.insert("schema".into(), json!(SCHEMA_VERSION));
@@ -322,7 +325,7 @@ pub async fn run(
         settings.clone(),
         spool.clone(),
         wake.clone(),
-        health,
+        health.clone(),
         shutdown,
         finish_rx,
     ));
@@ -331,13 +334,23 @@ pub async fn run(
     // still in this window when the power goes was never accepted, so nothing accepted is lost.
     let mut batch = Vec::new();
     while let Some(r) = rx.recv().await {
-        batch.push(settings.message(&r));
+        let mut pending = vec![r];
         let until = tokio::time::Instant::now() + INGEST_WINDOW;
-        while batch.len() < 512 {
+        while pending.len() < 512 {
             match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(r)) => batch.push(settings.message(&r)),
+                Ok(Some(r)) => pending.push(r),
                 Ok(None) | Err(_) => break,
             }
+        }
+        for r in &pending {
+            let mut m = settings.message(r);
+            if let Record::Stats(_) = r {
+                // The spool and the connection are this sink's to report.
+                let s = spool.lock().await;
+                let h = health.lock().expect("health lock").clone();
+                m.payload = with_sink_counters(&m.payload, &s, &h);
+            }
+            batch.push(m);
         }
         let mut s = spool.lock().await;
         if let Err(e) = s.append(std::mem::take(&mut batch)).await {
@@ -357,6 +370,28 @@ pub async fn run(
         connection.abort();
     }
     let _ = spool.lock().await.flush().await;
+}
+
+/// Adds the spool's and the connection's counters to a stats payload.
+pub fn with_sink_counters(payload: &[u8], spool: &Spool, health: &Health) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+    let st = spool.stats();
+    v["spool"] = json!({
+        "depth": spool.depth(),
+        "bytes": spool.bytes(),
+        "dropped": {
+            "stats": st.dropped[Priority::Stats as usize],
+            "beacons": st.dropped[Priority::Beacons as usize],
+            "presence": st.dropped[Priority::Presence as usize],
+            "offers": st.dropped[Priority::Offers as usize],
+        },
+    });
+    v["mqtt"] = json!({
+        "connected": health.connected,
+        "reconnects": health.reconnects,
+        "acknowledged": health.acknowledged,
+    });
+    serde_json::to_vec(&v).unwrap_or_else(|_| payload.to_vec())
 }
 
 fn backoff(attempt: u32) -> Duration {

@@ -51,6 +51,7 @@ impl Board {
                 }
                 None
             }
+            Record::Stats(_) | Record::Beacons(_) => None,
         }
     }
 
@@ -118,11 +119,7 @@ pub async fn run(
     let mut drawn = 0usize;
     while let Some(r) = rx.recv().await {
         let line = board.apply(&r);
-        let at = match &r {
-            Record::Presence(p) => p.at,
-            Record::Headcount(h) => h.end,
-        };
-        if at < quiet_until {
+        if r.at() < quiet_until {
             continue;
         }
         let mut out = std::io::stdout().lock();
