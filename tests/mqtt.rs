@@ -193,17 +193,20 @@ fn every_event_survives_a_broker_outage() {
 }
 
 #[test]
-fn accepted_events_survive_kill_9_and_are_sent_on_restart() {
+fn accepted_events_survive_repeated_kill_9_and_are_sent_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let sub = Subscriber::start(broker.port, "platform-4", "beacond/+/+/presence", false);
-    // First run: the broker is unreachable (wrong port), so everything accepted stays in the spool.
+    // Runs with the broker unreachable (wrong port), each killed with -9 under load, all on the same
+    // data directory: everything accepted stays in the spool, whatever the state of sled at the kill.
     let dead = format!("mqtt://127.0.0.1:{}", free_port());
     let first = daemon_config(dir.path(), "crash", &dead, 300.0);
-    let mut daemon = start_daemon(&first);
-    std::thread::sleep(Duration::from_secs(5));
-    daemon.kill().unwrap();
-    let _ = daemon.wait();
+    for pause in [5, 2, 3] {
+        let mut daemon = start_daemon(&first);
+        std::thread::sleep(Duration::from_secs(pause));
+        daemon.kill().unwrap();
+        let _ = daemon.wait();
+    }
     // Second run, same data directory, reachable broker, another store id so that what arrives on the
     // first store's topics can only have come from the spool.
     let second = daemon_config(dir.path(), "after", &broker.url(), 300.0);
@@ -214,7 +217,8 @@ fn accepted_events_survive_kill_9_and_are_sent_on_restart() {
     std::thread::sleep(Duration::from_secs(2));
     let _ = daemon.kill();
     let _ = daemon.wait();
-    // What arrived is a gap-free prefix of what the pipeline produces.
+    // Each run replays the scenario from its start, so what arrived is, per run, a gap-free prefix of
+    // what the pipeline produces: together, a gap-free prefix of it too.
     let mut got = presence_on(&sub.messages(), "crash");
     got.sort_by(|a, b| a.3.cmp(&b.3));
     got.dedup();
@@ -227,4 +231,83 @@ fn accepted_events_survive_kill_9_and_are_sent_on_restart() {
         .filter(|e| e.3 <= last && !got_set.contains(*e))
         .collect();
     assert!(missing.is_empty(), "gaps after the crash: {missing:?}");
+}
+
+/// A platform scales out with MQTT 5 shared subscriptions: two consumers in one share group split the
+/// hub's presence events between them, and together see every one.
+#[test]
+fn shared_subscriptions_split_the_stream_across_consumers() {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let counts: Vec<std::sync::Arc<std::sync::Mutex<Vec<String>>>> =
+        (0..2).map(|_| Default::default()).collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for (i, sink) in counts.iter().enumerate() {
+        let sink = sink.clone();
+        let ready = ready_tx.clone();
+        let opts = Options5::new(format!("consumer-{i}"), "127.0.0.1", broker.port);
+        rt.spawn(async move {
+            let (client, mut ev) = Client5::new(opts, 100);
+            client
+                .subscribe(
+                    "$share/platform/beacond/+/+/presence",
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                )
+                .await
+                .unwrap();
+            while let Ok(e) = ev.poll().await {
+                match e {
+                    Event5::Incoming(P5::SubAck(_)) => {
+                        let _ = ready.send(());
+                    }
+                    Event5::Incoming(P5::Publish(p)) => {
+                        let v: Value = serde_json::from_slice(&p.payload).unwrap();
+                        sink.lock()
+                            .unwrap()
+                            .push(v["event_id"].as_str().unwrap().to_owned());
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    for _ in 0..2 {
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("subscribed");
+    }
+    let all = Subscriber::start(broker.port, "audit", "beacond/+/+/presence", true);
+    let cfg = daemon_config(dir.path(), "shared", &broker.url(), 300.0);
+    let mut daemon = start_daemon(&cfg);
+    all.wait_for("40 events", Duration::from_secs(30), |m| m.len() >= 40);
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let a = counts[0].lock().unwrap().clone();
+    let b = counts[1].lock().unwrap().clone();
+    let everything: BTreeSet<String> = all
+        .messages()
+        .iter()
+        .map(|(_, v, _)| v["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both consumers get a share: {} / {}",
+        a.len(),
+        b.len()
+    );
+    let shared: BTreeSet<String> = a.iter().chain(b.iter()).cloned().collect();
+    assert_eq!(
+        a.len() + b.len(),
+        shared.len(),
+        "a message went to both consumers"
+    );
+    assert_eq!(
+        shared, everything,
+        "the share group together saw every event"
+    );
 }

@@ -342,6 +342,14 @@ fn mqtt(cfg: &Config, p: &mut Problems) {
             "a password needs a username; set username too".into(),
         ));
     }
+    if m.protocol == super::MqttProtocol::V5 {
+        p.push((
+            path.join("protocol"),
+            "MQTT 5 is not supported by this build yet; use \"v311\" (platforms can still use MQTT 5 \
+             shared subscriptions on the hub's topics)"
+                .into(),
+        ));
+    }
     if !(5..=3600).contains(&m.keep_alive_s) {
         p.push((
             path.join("keep_alive_s"),
