@@ -130,7 +130,7 @@ pub async fn run_with(
     if cfg.mqtt.enabled {
         let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
         outs.push(tx);
-        let settings =
+        let mut settings =
             MqttSettings::from_config(&cfg, config_hash(&cfg)).map_err(|e| DaemonError::Stage {
                 stage: "mqtt",
                 message: e.to_string(),
@@ -145,6 +145,12 @@ pub async fn run_with(
                 stage: "spool",
                 message: e.to_string(),
             })?;
+        if let Some((aside, why)) = &report.moved_aside {
+            settings.warn(format!(
+                "spool would not open ({why}); moved to {} and started empty",
+                aside.display()
+            ));
+        }
         if report.recovered > 0 {
             tracing::info!(
                 messages = report.recovered,

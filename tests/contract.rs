@@ -93,6 +93,13 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
     }
     assert!(periodic_checked > 10);
     check(&status, &settings.status("online", None), "online status");
+    let mut warned = settings.clone();
+    warned.warn("spool would not open; moved aside".into());
+    check(
+        &status,
+        &warned.status("online", None),
+        "online status with a warning",
+    );
     check(
         &status,
         &settings.status("offline", Some("shutdown")),

@@ -311,3 +311,35 @@ fn shared_subscriptions_split_the_stream_across_consumers() {
         "the share group together saw every event"
     );
 }
+
+/// A spool that will not open is moved aside: the daemon runs anyway and says so in its retained
+/// status, where store IT and the platform see it.
+#[test]
+fn a_broken_spool_is_moved_aside_and_reported_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/spool"), b"not a sled database").unwrap();
+    let cfg = daemon_config(dir.path(), "broken", &broker.url(), 50.0);
+    let mut daemon = start_daemon(&cfg);
+    let sub = Subscriber::start(broker.port, "it-desk", "beacond/broken/+/status", true);
+    sub.wait_for("a status with the warning", Duration::from_secs(20), |m| {
+        m.iter().any(|(_, v, _)| {
+            v["state"] == "online"
+                && v["warnings"][0]
+                    .as_str()
+                    .is_some_and(|w| w.contains("spool would not open"))
+        })
+    });
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon keeps running"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let moved = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("spool.broken-"));
+    assert!(moved, "the old spool is kept aside for inspection");
+}

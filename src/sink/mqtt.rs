@@ -117,6 +117,7 @@ pub struct Settings {
     hub: String,
     started_at: Timestamp,
     config_hash: String,
+    warnings: Vec<String>,
 }
 
 /// The Last Will: the broker publishes it (retained) when the hub vanishes without a goodbye.
@@ -248,7 +249,14 @@ impl Settings {
             hub: cfg.hub.hub_id.clone(),
             started_at: Timestamp::now(),
             config_hash,
+            warnings: Vec::new(),
         })
+    }
+
+    /// Adds a problem the platform should see in the hub's retained status (e.g. a spool that had to
+    /// be moved aside), until the daemon restarts.
+    pub fn warn(&mut self, warning: String) {
+        self.warnings.push(warning);
     }
 
     /// The topics.
@@ -270,6 +278,9 @@ impl Settings {
         });
         if let Some(r) = reason {
             v["reason"] = Value::String(r.to_owned());
+        }
+        if !self.warnings.is_empty() {
+            v["warnings"] = json!(self.warnings);
         }
         serde_json::to_vec(&v).expect("JSON of strings")
     }
