@@ -70,6 +70,21 @@ fn config(dir: &Path, name: &str, mqtt: &str) -> std::path::PathBuf {
     p
 }
 
+/// Starts the daemon the way systemd would with `LoadCredential=`: credentials in a directory named
+/// by `$CREDENTIALS_DIRECTORY`.
+fn start_with_credentials(cfg: &Path, creds: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .arg("run")
+        .arg("--config")
+        .arg(cfg)
+        .env("CREDENTIALS_DIRECTORY", creds)
+        .env("RUST_LOG", "beacond=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 fn wait_log(log: &Path, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
@@ -182,16 +197,7 @@ fn a_wrong_password_is_reported_and_retried() {
         ),
     );
     let log = dir.path().join("pw.log");
-    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .env("CREDENTIALS_DIRECTORY", &creds)
-        .env("RUST_LOG", "beacond=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = start_with_credentials(&cfg, &creds, &log);
     let text = wait_log(&log, "broker refused the login", Duration::from_secs(20));
     assert!(
         text.contains("check mqtt.username and the password file"),
@@ -208,16 +214,7 @@ fn a_wrong_password_is_reported_and_retried() {
     // The right password, from the credentials directory, connects.
     std::fs::write(creds.join("mqtt-password"), "s3cret\n").unwrap();
     let log = dir.path().join("pw2.log");
-    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .env("CREDENTIALS_DIRECTORY", &creds)
-        .env("RUST_LOG", "beacond=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = start_with_credentials(&cfg, &creds, &log);
     wait_log(
         &log,
         "connected to the MQTT broker",

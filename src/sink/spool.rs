@@ -284,14 +284,16 @@ impl Spool {
             self.stats.appended += 1;
             kept += 1;
         }
+        self.commit(batch).await?;
+        Ok(kept)
+    }
+
+    /// Applies a batch atomically and makes it durable.
+    async fn commit(&self, batch: sled::Batch) -> Result<(), SpoolError> {
         self.tree
             .apply_batch(batch)
             .map_err(|source| self.db_err(source))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|source| self.db_err(source))?;
-        Ok(kept)
+        self.flush().await
     }
 
     /// Frees space for `size` bytes of priority `p`; false if the new message is what should go.
@@ -349,13 +351,7 @@ impl Spool {
             self.unindex(seq);
             batch.remove(&seq.to_be_bytes());
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|source| self.db_err(source))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|source| self.db_err(source))?;
+        self.commit(batch).await?;
         Ok(victims.len() as u64)
     }
 
