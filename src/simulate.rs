@@ -28,7 +28,6 @@ use crate::pipeline::Core;
 use crate::presence::filter::FilterParams;
 use crate::presence::{Engine, EngineParams, Event, Subject, VisitKind};
 use crate::scan::sim::{Scenario, Simulation, SIM_EPOCH_MS};
-use crate::time::Timestamp;
 
 /// Slack when matching engine visits to true stays, ms.
 const SLACK_MS: u64 = 5_000;
@@ -377,11 +376,6 @@ impl Report {
         }
         s
     }
-}
-
-/// Simulated time `t` (ms since the scenario start) as a timestamp.
-pub fn sim_time(t: u64) -> Timestamp {
-    Timestamp(SIM_EPOCH_MS + t)
 }
 
 #[cfg(test)]

@@ -357,7 +357,7 @@ impl Spool {
 
     /// Up to `n` entries at or after `seq`, in order, from one range scan.
     pub fn batch_from(&self, seq: u64, n: usize) -> Result<Vec<Entry>, SpoolError> {
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n.min(1024));
         for item in self.tree.range(seq.to_be_bytes()..).take(n) {
             let (k, v) = item.map_err(|source| self.db_err(source))?;
             let Ok(key) = <[u8; 8]>::try_from(k.as_ref()) else {
@@ -371,27 +371,6 @@ impl Spool {
             out.push(Entry { seq, message });
         }
         Ok(out)
-    }
-
-    /// The entry at or after `seq`, in order.
-    pub fn next_from(&self, seq: u64) -> Result<Option<Entry>, SpoolError> {
-        for item in self.tree.range(seq.to_be_bytes()..) {
-            let (k, v) = item.map_err(|source| self.db_err(source))?;
-            let Ok(key) = <[u8; 8]>::try_from(k.as_ref()) else {
-                continue;
-            };
-            let seq = u64::from_be_bytes(key);
-            match decode(&v) {
-                Some(message) => return Ok(Some(Entry { seq, message })),
-                None => {
-                    return Err(SpoolError::Corrupt {
-                        path: self.path.clone(),
-                        seq,
-                    })
-                }
-            }
-        }
-        Ok(None)
     }
 
     /// Messages waiting.
@@ -441,13 +420,7 @@ mod tests {
     }
 
     fn all(s: &Spool) -> Vec<Entry> {
-        let mut out = Vec::new();
-        let mut at = 0;
-        while let Some(e) = s.next_from(at).unwrap() {
-            at = e.seq + 1;
-            out.push(e);
-        }
-        out
+        s.batch_from(0, usize::MAX).unwrap()
     }
 
     #[tokio::test]
