@@ -171,13 +171,6 @@ impl Subscriber {
     }
 }
 
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        // The runtime's tasks end with it.
-        let _ = &self.rt;
-    }
-}
-
 /// Starts `beacond run --config CONFIG`, its log going to `log` when given.
 pub fn start_daemon_logging(config: &Path, log: Option<&Path>) -> Child {
     let stderr = match log {
