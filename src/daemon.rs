@@ -4,13 +4,17 @@
 //! ```text
 //!  source task ──adverts (bounded)──▶ core task ──records (bounded)──▶ sink task
 //!  (sim/replay/bluez)                (decode → identity → presence)    (stdout/terminal/mqtt)
+//!                                        ▲ directory changes                 │ sync batches
+//!                                        └────────── sync stage ◀────────────┘ (customer cache)
 //! ```
 
 use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, SourceKind};
-use crate::pipeline::Core;
+use crate::identity::cache::Cache;
+use crate::identity::sync::{parse_public_key, SyncState};
+use crate::pipeline::{Core, CoreCommand, DirectoryChange};
 use crate::presence::{Engine, EngineParams};
 use crate::scan::sim::{Scenario, Simulation};
 use crate::scan::{Advert, Clock};
@@ -26,6 +30,10 @@ const ADVERT_QUEUE: usize = 8192;
 const RECORD_QUEUE: usize = 1024;
 /// sled's page cache for the spool: its default is 1 GiB, the whole RAM of a hub.
 const SPOOL_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// Commands for the core (directory changes, token tables, counters).
+const COMMAND_QUEUE: usize = 64;
+/// Sync batches waiting for the sync stage.
+const SYNC_QUEUE: usize = 256;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, Error)]
@@ -121,7 +129,10 @@ pub async fn run_with(
         &cfg.hub.hub_id,
     );
     let zones: Vec<String> = engine.zones().iter().map(|z| z.id.clone()).collect();
-    let mut core = Core::new(engine, directory, &hubs, rand::random());
+    let app_uuid = uuid::Uuid::parse_str(&cfg.identity.app_service_uuid).unwrap_or_default();
+    let mut core = Core::new(engine, directory, &hubs, rand::random())
+        .with_app_tokens(app_uuid, cfg.identity.token_epoch_s as u32);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<CoreCommand>(COMMAND_QUEUE);
 
     // Sinks: MQTT when enabled, the local sink unless MQTT replaces it, fed by one tee.
     let warm_end = sim.start().plus_secs(opts.warm_start_s);
@@ -157,10 +168,12 @@ pub async fn run_with(
                 "spool has messages from before; sending them"
             );
         }
+        let link = start_sync(&cfg, &mut core, cmd_tx.clone(), shutdown.clone())?;
         let health = Arc::new(Mutex::new(MqttHealth::default()));
         let shutdown_for_mqtt = shutdown.clone();
         sink_tasks.push(tokio::spawn(async move {
-            crate::sink::mqtt::run(settings, spool, rx, health, shutdown_for_mqtt).await;
+            crate::sink::mqtt::run(settings, spool, rx, health, Some(link), shutdown_for_mqtt)
+                .await;
             Ok(())
         }));
     }
@@ -221,6 +234,7 @@ pub async fn run_with(
         clock,
         adv_rx,
         mark_rx,
+        (cmd_tx, cmd_rx),
         rec_tx,
         periodic,
         shutdown.clone(),
@@ -260,6 +274,56 @@ pub async fn run_with(
     result
 }
 
+/// Opens the customer cache, loads it into the core's directory, and starts the sync stage; returns
+/// the MQTT connection's side of it.
+fn start_sync(
+    cfg: &Config,
+    core: &mut Core,
+    commands: mpsc::Sender<CoreCommand>,
+    shutdown: Shutdown,
+) -> Result<crate::sink::mqtt::SyncLink, DaemonError> {
+    let stage = |message: String| DaemonError::Stage {
+        stage: "identity.cache",
+        message,
+    };
+    let (cache, aside) = Cache::open(
+        &cfg.hub.data_dir.join("customers"),
+        cfg.identity.cache_size_mb * 1024 * 1024,
+    )
+    .map_err(|e| stage(e.to_string()))?;
+    if let Some((path, why)) = aside {
+        tracing::error!(moved_to = %path.display(), error = %why,
+            "customer cache would not open; moved aside, asking the platform for a new snapshot");
+    }
+    let customers = cache
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| stage(e.to_string()))?;
+    let applied = cache.seq().map_err(|e| stage(e.to_string()))?;
+    tracing::info!(customers = customers.len(), seq = applied, "customer cache loaded");
+    core.apply_change(DirectoryChange::Upsert(customers));
+    let key = match &cfg.identity.platform_public_key {
+        Some(k) => Some(parse_public_key(k).map_err(|e| DaemonError::Stage {
+            stage: "identity.platform_public_key",
+            message: e,
+        })?),
+        None => {
+            tracing::warn!("identity.platform_public_key is not set: customer sync batches will be rejected");
+            None
+        }
+    };
+    let state = SyncState::new(key, &cfg.hub.store_id, applied);
+    let (in_tx, in_rx) = mpsc::channel(SYNC_QUEUE);
+    let (req_tx, req_rx) = mpsc::channel(4);
+    tokio::spawn(crate::identity::stage::run(
+        cache, state, in_rx, req_tx, commands, shutdown,
+    ));
+    Ok(crate::sink::mqtt::SyncLink {
+        inbound: in_tx,
+        requests: req_rx,
+    })
+}
+
 /// A short stable fingerprint of the effective config, published in the hub's status so the platform
 /// can tell which hubs run which settings.
 pub fn config_hash(cfg: &Config) -> String {
@@ -277,6 +341,7 @@ async fn run_core(
     clock: Clock,
     mut rx: mpsc::Receiver<Advert>,
     mut watermark: tokio::sync::watch::Receiver<crate::time::Timestamp>,
+    (cmd_tx, mut commands): (mpsc::Sender<CoreCommand>, mpsc::Receiver<CoreCommand>),
     tx: mpsc::Sender<Record>,
     mut periodic: Periodic,
     mut shutdown: Shutdown,
@@ -298,8 +363,30 @@ async fn run_core(
             biased;
             _ = shutdown.recv() => break,
             adv = rx.recv() => match adv {
-                Some(a) => core.handle_advert(&a, &mut events),
+                Some(a) => {
+                    core.handle_advert(&a, &mut events);
+                    // Token tables for a new epoch are built off this task and sent back.
+                    for job in core.poll_token_jobs(a.at) {
+                        let back = cmd_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = back.blocking_send(CoreCommand::Tokens(job.run()));
+                        });
+                    }
+                }
                 None => break,
+            },
+            Some(cmd) = commands.recv() => match cmd {
+                CoreCommand::Change(c) => {
+                    let purged = core.apply_change(c);
+                    if !purged.is_empty() {
+                        // In order after every record already rendered about them.
+                        if tx.send(Record::Purge(purged)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                CoreCommand::SyncReport(r) => core.set_sync_report(r),
+                CoreCommand::Tokens(t) => core.install_tokens(t),
             },
             _ = sleep_until_some(due.map(|t| clock.instant_of(t))) => {
                 if let Some(t) = due {

@@ -16,4 +16,5 @@ pub mod scan;
 pub mod shutdown;
 pub mod simulate;
 pub mod sink;
+pub mod storage;
 pub mod time;

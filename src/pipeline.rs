@@ -3,8 +3,11 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::decode::{decode_frames, EddystoneTlm, Frame};
-use crate::identity::{AnonymousHasher, BeaconId, Directory, Identity, Known};
+use crate::decode::{decode_frames, EddystoneTlm, Frame, ServiceUuid};
+use crate::identity::record::CustomerEntry;
+use crate::identity::sync::SyncStats;
+use crate::identity::token::{self, TokenJob, TokenTable, TokenWindow};
+use crate::identity::{AnonymousHasher, BeaconId, Customer, Directory, Identity, Known};
 use crate::presence::{Engine, Event, HubIdx, Observation};
 use crate::scan::Advert;
 use crate::time::Timestamp;
@@ -24,6 +27,46 @@ pub struct CoreStats {
     pub anonymous_adverts: u64,
     /// Adverts from a hub the engine has no zones for.
     pub foreign_hub_adverts: u64,
+    /// Adverts carrying the app's service data whose token resolved to a customer.
+    pub app_tokens_resolved: u64,
+    /// Adverts carrying the app's service data whose token matched nobody (dropped; the token is
+    /// never logged).
+    pub app_tokens_unknown: u64,
+}
+
+/// A change of the customer list, from the sync stage to the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectoryChange {
+    /// Add or change these customers.
+    Upsert(Vec<CustomerEntry>),
+    /// Forget these customers now: directory, presence state, and (through the purge record) the
+    /// spool.
+    Delete(Vec<String>),
+    /// These are now all the customers: everyone else is forgotten as by `Delete`.
+    Replace(Vec<CustomerEntry>),
+}
+
+/// What other stages tell the core.
+#[derive(Debug)]
+pub enum CoreCommand {
+    /// The customer list changed.
+    Change(DirectoryChange),
+    /// The sync stage's latest counters.
+    SyncReport(SyncReport),
+    /// A token table built in the background.
+    Tokens(TokenTable),
+}
+
+/// What the sync stage reports for `stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    /// Protocol counters.
+    #[serde(flatten)]
+    pub counters: SyncStats,
+    /// The applied sequence.
+    pub seq: u64,
+    /// Customers in the cache.
+    pub customers: u64,
 }
 
 /// What the hub knows about one of the store's fixed beacons: fleet health for the `beacons` topic.
@@ -60,6 +103,8 @@ pub struct Resolved {
     pub fixed: Option<u32>,
     /// Its Eddystone-TLM frame, if any.
     pub tlm: Option<EddystoneTlm>,
+    /// Whether it carried the app's service data (resolved or not).
+    pub app_token: bool,
 }
 
 /// Decode, resolve and decide, for adverts from a source with the given hubs.
@@ -72,6 +117,9 @@ pub struct Core {
     stats: CoreStats,
     fleet: FxHashMap<u32, BeaconHealth>,
     fixed_addresses: FxHashMap<[u8; 6], u32>,
+    app_uuid: Option<ServiceUuid>,
+    tokens: TokenWindow,
+    sync: Option<SyncReport>,
 }
 
 impl Core {
@@ -86,7 +134,123 @@ impl Core {
             stats: CoreStats::default(),
             fleet: FxHashMap::default(),
             fixed_addresses: FxHashMap::default(),
+            app_uuid: None,
+            tokens: TokenWindow::new(600),
+            sync: None,
         }
+    }
+
+    /// Recognises the retailer app's rotating tokens: service data under `app_uuid`, in epochs of
+    /// `epoch_s` seconds.
+    pub fn with_app_tokens(mut self, app_uuid: uuid::Uuid, epoch_s: u32) -> Core {
+        self.app_uuid = Some(ServiceUuid::from_uuid(app_uuid));
+        self.tokens = TokenWindow::new(epoch_s);
+        self
+    }
+
+    /// Applies a change of the customer list at `now`. Returns the platform ids of the customers
+    /// forgotten, so the caller can purge them downstream (the spool) after anything already sent
+    /// down the pipeline about them.
+    pub fn apply_change(&mut self, change: DirectoryChange) -> Vec<String> {
+        let mut purged = Vec::new();
+        let upserts = match change {
+            DirectoryChange::Upsert(u) => u,
+            DirectoryChange::Delete(ids) => {
+                for id in ids {
+                    self.forget_customer(&id);
+                    purged.push(id);
+                }
+                Vec::new()
+            }
+            DirectoryChange::Replace(all) => {
+                let keep: rustc_hash::FxHashSet<&str> = all.iter().map(|c| c.id.as_str()).collect();
+                let gone: Vec<String> = self
+                    .directory
+                    .customer_ids()
+                    .filter(|id| !keep.contains(id))
+                    .map(str::to_owned)
+                    .collect();
+                drop(keep);
+                for id in gone {
+                    self.forget_customer(&id);
+                    purged.push(id);
+                }
+                all
+            }
+        };
+        for c in upserts {
+            let keys = c.keys.as_ref().map(|k| k.app_keys());
+            let key = self.directory.upsert(
+                Customer {
+                    id: c.id,
+                    segments: c.segments,
+                },
+                &c.beacons,
+                keys,
+            );
+            if let Some(entry) = self.directory.app_keys(key) {
+                // Cheap when nothing changed: the overlay already holds the same targets.
+                let entry = entry.clone();
+                self.tokens.note_change(&entry);
+            }
+        }
+        purged
+    }
+
+    fn forget_customer(&mut self, id: &str) {
+        if let Some(key) = self.directory.remove(id) {
+            self.engine.forget(&Identity::Customer(key));
+        }
+    }
+
+    /// Token tables to build for the epoch of `now`, each asked for once. Run them anywhere (they
+    /// hold a snapshot of the keys) and hand the results to [`Core::install_tokens`].
+    pub fn poll_token_jobs(&mut self, now: Timestamp) -> Vec<TokenJob> {
+        if self.app_uuid.is_none() {
+            return Vec::new();
+        }
+        let epochs = self.tokens.advance(now.as_millis() / 1000);
+        if epochs.is_empty() {
+            return Vec::new();
+        }
+        let keys = self.directory.key_snapshot();
+        epochs
+            .into_iter()
+            .map(|epoch| TokenJob {
+                epoch,
+                epoch_s: self.tokens.epoch_s(),
+                keys: keys.clone(),
+            })
+            .collect()
+    }
+
+    /// Installs a token table built from a [`TokenJob`].
+    pub fn install_tokens(&mut self, table: TokenTable) {
+        self.tokens.install(table);
+    }
+
+    /// Builds and installs the tables for `now` on this thread (for the simulator and tests, where
+    /// nothing else runs meanwhile).
+    pub fn build_tokens_now(&mut self, now: Timestamp) {
+        for job in self.poll_token_jobs(now) {
+            let t = job.run();
+            self.install_tokens(t);
+        }
+    }
+
+    /// Heap bytes of the token tables.
+    pub fn token_heap_bytes(&self) -> usize {
+        self.tokens.heap_bytes()
+    }
+
+    /// Records the sync stage's counters for the next `stats`.
+    pub fn set_sync_report(&mut self, report: SyncReport) {
+        self.sync = Some(report);
+    }
+
+    /// The sync stage's counters, when a sync stage runs.
+    pub fn sync_report(&self) -> Option<SyncReport> {
+        self.sync
     }
 
     /// Health of every fixed beacon heard so far, by display id.
@@ -165,6 +329,25 @@ impl Core {
                 }
             }
         });
+        let mut app_token = None;
+        if let (Ok(ad), Some(app)) = (&decoded, self.app_uuid) {
+            if known.is_none() {
+                app_token = ad
+                    .service_data()
+                    .find(|(u, _)| *u == app)
+                    .map(|(_, d)| token::parse_service_data(d.data));
+            }
+        }
+        if let Some(t) = app_token.flatten() {
+            let unix_s = adv.at.as_millis() / 1000;
+            let hit = self
+                .tokens
+                .lookup(t, unix_s)
+                .and_then(|target| self.directory.resolve_target(target));
+            if let Some(key) = hit {
+                known = Some(Known::Identity(Identity::Customer(key)));
+            }
+        }
         let (identity, fixed) = match known {
             Some(Known::Fixed(k)) => (None, Some(k)),
             Some(Known::Identity(i)) => (Some(i), None),
@@ -184,6 +367,7 @@ impl Core {
             decoded: decoded.is_ok(),
             fixed,
             tlm,
+            app_token: app_token.is_some(),
         }
     }
 
@@ -200,6 +384,13 @@ impl Core {
             self.note_fixed(adv, r.fixed, r.tlm);
             return;
         };
+        if r.app_token {
+            if identity.is_anonymous() {
+                self.stats.app_tokens_unknown += 1;
+            } else {
+                self.stats.app_tokens_resolved += 1;
+            }
+        }
         if identity.is_anonymous() {
             self.stats.anonymous_adverts += 1;
         } else {

@@ -54,21 +54,21 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
         // Periodic records, built from the same core at a few points of the run.
         if let beacond::presence::Event::Headcount(h) = e {
             let s = beacond::sink::stats_record(core, &Default::default(), h.start, h.end);
-            check(&stats, &settings.message(&s).payload, "stats");
+            check(&stats, &settings.message(&s).unwrap().payload, "stats");
             // As the MQTT sink sends it, with its spool and connection counters.
             let enriched = beacond::sink::mqtt::with_sink_counters(
-                &settings.message(&s).payload,
+                &settings.message(&s).unwrap().payload,
                 &spool,
                 &Default::default(),
             );
             check(&stats, &enriched, "stats with sink counters");
             let b = beacond::sink::beacons_record(core, h.end);
-            let m = settings.message(&b);
+            let m = settings.message(&b).unwrap();
             assert_eq!(m.topic, topics.beacons);
             check(&beacons, &m.payload, "beacons");
             periodic_checked += 1;
         }
-        let m = settings.message(&render(core, e));
+        let m = settings.message(&render(core, e)).unwrap();
         let (v, kind) = if m.topic == topics.presence {
             (&presence, "presence")
         } else if m.topic == topics.stats {

@@ -390,6 +390,8 @@ fn identity(cfg: &Config, p: &mut Problems) {
                     k.len()
                 ),
             ));
+        } else if let Err(m) = crate::identity::sync::parse_public_key(k) {
+            p.push((path.join("platform_public_key"), m));
         }
     }
     if let Some(m) = uuid_problem(&c.app_service_uuid) {
@@ -400,6 +402,14 @@ fn identity(cfg: &Config, p: &mut Problems) {
             path.join("token_epoch_s"),
             format!(
                 "{} s is out of range; use 60 to 86400 (default 600)",
+                c.token_epoch_s
+            ),
+        ));
+    } else if 86_400 % c.token_epoch_s != 0 {
+        p.push((
+            path.join("token_epoch_s"),
+            format!(
+                "{} s does not divide a day, so epochs would straddle day keys; use a divisor of 86400 such as 300, 600 or 900",
                 c.token_epoch_s
             ),
         ));

@@ -1,15 +1,28 @@
 //! Identity stage: who is behind an advertisement.
 //!
-//! An advertisement resolves to a known customer (a loyalty fob registered to them, or — with the
-//! customer-sync issue — the retailer app's rotating token), to a registered beacon (a tagged asset), or
-//! to an anonymous device. Anonymous devices are keyed by a salted hash of their address that never
+//! An advertisement resolves to a known customer (a loyalty fob registered to them, or the retailer
+//! app's rotating token, see [`token`]), to a registered beacon (a tagged asset), or to an anonymous
+//! device. Anonymous devices are keyed by a salted hash of their address that never
 //! leaves the process: they only ever feed aggregate counts.
+//!
+//! The platform owns the customer list: [`sync`] checks its signed batches, [`cache`] keeps the
+//! durable copy in sled, and the [`Directory`] is the in-memory index the hot path reads.
+
+pub mod cache;
+pub mod record;
+pub mod stage;
+pub mod sync;
+pub mod token;
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::decode::Frame;
+use token::{AppKeys, Target};
 
 /// A customer known to this hub, as an index into the [`Directory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,7 +51,7 @@ impl Identity {
 }
 
 /// A beacon's stable identifier, as decoded from its frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BeaconId {
     /// iBeacon proximity UUID, major, minor.
     IBeacon {
@@ -120,10 +133,34 @@ pub enum Known {
     Fixed(u32),
 }
 
+/// App key material of one customer slot, shared with token table builders running in the
+/// background: a snapshot of every slot is a vector of reference counts, not a copy of the keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// The slot and its generation when the material was set.
+    pub target: Target,
+    /// The material.
+    pub keys: AppKeys,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    customer: Customer,
+    beacons: SmallVec<[BeaconId; 1]>,
+}
+
 /// The in-memory lookup from identifiers to identities. Lookups are one hash probe.
+///
+/// Customer keys are slots that stay stable while a customer is known (the presence engine's state is
+/// keyed by them); a deleted customer's slot gets a new generation before it is reused, so nothing
+/// that remembered the old key (a token table) can resolve to the next occupant.
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
-    customers: Vec<Customer>,
+    slots: Vec<Option<Slot>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    by_id: FxHashMap<Box<str>, CustomerKey>,
+    app_keys: Vec<Option<Arc<KeyEntry>>>,
     tags: Vec<String>,
     fixed: Vec<String>,
     by_beacon: FxHashMap<BeaconId, Known>,
@@ -137,13 +174,78 @@ impl Directory {
 
     /// Adds a customer and the beacons registered to them; returns their key.
     pub fn add_customer(&mut self, customer: Customer, beacons: &[BeaconId]) -> CustomerKey {
-        let key = CustomerKey(self.customers.len() as u32);
-        self.customers.push(customer);
+        self.upsert(customer, beacons, None)
+    }
+
+    /// Adds or replaces a customer (by platform id) with their beacons and app key material; returns
+    /// their key, which is the same as before for a customer already known.
+    pub fn upsert(
+        &mut self,
+        customer: Customer,
+        beacons: &[BeaconId],
+        keys: Option<AppKeys>,
+    ) -> CustomerKey {
+        let key = match self.by_id.get(customer.id.as_str()) {
+            Some(&k) => {
+                self.unlink_beacons(k);
+                k
+            }
+            None => {
+                let k = match self.free.pop() {
+                    Some(i) => CustomerKey(i),
+                    None => {
+                        self.slots.push(None);
+                        self.generations.push(0);
+                        self.app_keys.push(None);
+                        CustomerKey(self.slots.len() as u32 - 1)
+                    }
+                };
+                self.by_id.insert(customer.id.clone().into_boxed_str(), k);
+                k
+            }
+        };
+        let i = key.0 as usize;
         for b in beacons {
             self.by_beacon
                 .insert(*b, Known::Identity(Identity::Customer(key)));
         }
+        let old_keys = self.app_keys[i].as_ref().map(|e| &e.keys);
+        if old_keys != keys.as_ref() {
+            // New material: tokens built from the old one must stop resolving.
+            self.generations[i] = self.generations[i].wrapping_add(1);
+            let target = Target {
+                slot: key.0,
+                generation: self.generations[i],
+            };
+            self.app_keys[i] = keys.map(|keys| Arc::new(KeyEntry { target, keys }));
+        }
+        self.slots[i] = Some(Slot {
+            customer,
+            beacons: beacons.iter().copied().collect(),
+        });
         key
+    }
+
+    /// Removes a customer by platform id; returns the key they had.
+    pub fn remove(&mut self, id: &str) -> Option<CustomerKey> {
+        let key = self.by_id.remove(id)?;
+        self.unlink_beacons(key);
+        let i = key.0 as usize;
+        self.slots[i] = None;
+        self.app_keys[i] = None;
+        self.generations[i] = self.generations[i].wrapping_add(1);
+        self.free.push(key.0);
+        Some(key)
+    }
+
+    fn unlink_beacons(&mut self, key: CustomerKey) {
+        if let Some(slot) = &self.slots[key.0 as usize] {
+            for b in &slot.beacons {
+                if self.by_beacon.get(b) == Some(&Known::Identity(Identity::Customer(key))) {
+                    self.by_beacon.remove(b);
+                }
+            }
+        }
     }
 
     /// Registers a beacon that is not a person, under a display id.
@@ -168,6 +270,23 @@ impl Directory {
         self.by_beacon.get(beacon).copied()
     }
 
+    /// The customer a token table entry points at, if that slot still holds the same key material.
+    pub fn resolve_target(&self, t: Target) -> Option<CustomerKey> {
+        let i = t.slot as usize;
+        (self.generations.get(i) == Some(&t.generation) && self.slots[i].is_some())
+            .then_some(CustomerKey(t.slot))
+    }
+
+    /// Every customer's app key material, for building a token table in the background.
+    pub fn key_snapshot(&self) -> Vec<Arc<KeyEntry>> {
+        self.app_keys.iter().flatten().cloned().collect()
+    }
+
+    /// A customer's app key material.
+    pub fn app_keys(&self, key: CustomerKey) -> Option<&KeyEntry> {
+        self.app_keys.get(key.0 as usize)?.as_deref()
+    }
+
     /// A fixed beacon's display id.
     pub fn fixed(&self, key: u32) -> Option<&str> {
         self.fixed.get(key as usize).map(String::as_str)
@@ -175,15 +294,20 @@ impl Directory {
 
     /// The customer with platform id `id`, if known.
     pub fn customer_by_id(&self, id: &str) -> Option<CustomerKey> {
-        self.customers
-            .iter()
-            .position(|c| c.id == id)
-            .map(|i| CustomerKey(i as u32))
+        self.by_id.get(id).copied()
     }
 
     /// A customer by key.
     pub fn customer(&self, key: CustomerKey) -> Option<&Customer> {
-        self.customers.get(key.0 as usize)
+        self.slots
+            .get(key.0 as usize)?
+            .as_ref()
+            .map(|s| &s.customer)
+    }
+
+    /// Every known customer's platform id.
+    pub fn customer_ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(|k| &**k)
     }
 
     /// A tag's display id by key.
@@ -193,7 +317,7 @@ impl Directory {
 
     /// Number of customers.
     pub fn customer_count(&self) -> usize {
-        self.customers.len()
+        self.by_id.len()
     }
 }
 

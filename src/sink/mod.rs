@@ -31,6 +31,10 @@ pub enum Record {
     Stats(StatsRecord),
     /// Health of the store's fixed beacons.
     Beacons(BeaconsRecord),
+    /// These customers opted out or were deleted: sinks must drop anything they still hold about
+    /// them. Never published or printed.
+    #[serde(skip)]
+    Purge(Vec<String>),
 }
 
 impl Record {
@@ -41,6 +45,7 @@ impl Record {
             Record::Headcount(h) => h.end,
             Record::Stats(s) => s.end,
             Record::Beacons(b) => b.at,
+            Record::Purge(_) => Timestamp(0),
         }
     }
 }
@@ -74,6 +79,13 @@ pub struct StatsRecord {
     pub evictions: u64,
     /// Observations that arrived out of order (since start).
     pub late_observations: u64,
+    /// Adverts with an app token that resolved to a customer.
+    pub app_tokens_resolved: u64,
+    /// Adverts with an app token that matched nobody (treated as anonymous devices).
+    pub app_tokens_unknown: u64,
+    /// Customer sync counters (since start), when the hub syncs customers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<crate::pipeline::SyncReport>,
 }
 
 /// Health of the store's fixed beacons.
@@ -139,6 +151,9 @@ pub fn stats_record(
         tracked_anonymous: anonymous as u64,
         evictions: e.evictions,
         late_observations: e.late_observations,
+        app_tokens_resolved: now.app_tokens_resolved - prev.app_tokens_resolved,
+        app_tokens_unknown: now.app_tokens_unknown - prev.app_tokens_unknown,
+        sync: core.sync_report(),
     })
 }
 

@@ -79,6 +79,10 @@ pub struct Topics {
     pub beacons: String,
     /// Counters and headcounts.
     pub stats: String,
+    /// The platform's customer sync batches, for every hub of the store (subscribed).
+    pub sync_customers: String,
+    /// This hub's requests for missing sync batches.
+    pub sync_request: String,
 }
 
 impl Topics {
@@ -91,6 +95,8 @@ impl Topics {
             offers: format!("{base}/offers"),
             beacons: format!("{base}/beacons"),
             stats: format!("{base}/stats"),
+            sync_customers: format!("{prefix}/{store}/sync/customers"),
+            sync_request: format!("{base}/sync/request"),
         }
     }
 }
@@ -223,7 +229,7 @@ impl Settings {
             // The spool, not the broker session, is the source of truth: replayed after every ConnAck.
             .set_clean_session(true)
             .set_inflight(1024)
-            .set_max_packet_size(256 * 1024, 256 * 1024)
+            .set_max_packet_size(1024 * 1024, 256 * 1024)
             .set_last_will(LastWill::new(
                 &topics.status,
                 last_will_payload(&cfg.hub.store_id, &cfg.hub.hub_id),
@@ -285,8 +291,9 @@ impl Settings {
         serde_json::to_vec(&v).expect("JSON of strings")
     }
 
-    /// The spool message for a record: topic, QoS, priority and the enveloped payload.
-    pub fn message(&self, record: &Record) -> Message {
+    /// The spool message for a record: topic, QoS, priority and the enveloped payload. `None` for a
+    /// record that is an instruction to the sink, not a message.
+    pub fn message(&self, record: &Record) -> Option<Message> {
         let mut body = serde_json::to_value(record).expect("records serialise");
         let (topic, priority, qos, customer) = match record {
             Record::Presence(p) => (
@@ -299,6 +306,7 @@ impl Settings {
                 (&self.topics.stats, Priority::Stats, 0, None)
             }
             Record::Beacons(_) => (&self.topics.beacons, Priority::Beacons, 0, None),
+            Record::Purge(_) => return None,
         };
         let mut envelope = serde_json::Map::new();
         envelope.insert("schema".into(), json!(SCHEMA_VERSION));
@@ -311,22 +319,43 @@ impl Settings {
         if let Value::Object(fields) = &mut body {
             envelope.append(fields);
         }
-        Message {
+        Some(Message {
             priority,
             qos,
             topic: topic.clone(),
             customer,
             payload: serde_json::to_vec(&Value::Object(envelope)).expect("JSON"),
-        }
+        })
     }
 }
 
+/// What the connection hands to the customer sync stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncInput {
+    /// A (re)connection: time to ask for what was missed.
+    Connected,
+    /// A payload from the sync topic, exactly as received.
+    Batch(Vec<u8>),
+}
+
+/// The connection's side of the customer sync: batches out to the sync stage, requests in from it.
+#[derive(Debug)]
+pub struct SyncLink {
+    /// Where received batches go. Full means the sync stage is behind: the batch is dropped and the
+    /// gap it leaves is asked for again later, which beats stalling the connection's keep-alive.
+    pub inbound: mpsc::Sender<SyncInput>,
+    /// Request payloads to publish on the request topic.
+    pub requests: mpsc::Receiver<Vec<u8>>,
+}
+
 /// Runs the sink: spools every record from `rx`, and publishes the spool to the broker until shutdown.
+/// With `sync`, it also subscribes to the customer sync topic and carries the sync stage's traffic.
 pub async fn run(
     settings: Settings,
     spool: Spool,
     mut rx: mpsc::Receiver<Record>,
     health: Arc<Mutex<Health>>,
+    sync: Option<SyncLink>,
     shutdown: Shutdown,
 ) {
     let spool = Arc::new(tokio::sync::Mutex::new(spool));
@@ -337,6 +366,7 @@ pub async fn run(
         spool.clone(),
         wake.clone(),
         health.clone(),
+        sync,
         shutdown,
         finish_rx,
     ));
@@ -353,8 +383,18 @@ pub async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
+        let mut purge: Vec<String> = Vec::new();
         for r in &pending {
-            let mut m = settings.message(r);
+            if let Record::Purge(ids) = r {
+                // An opt-out: what this window still holds about them never reaches the spool, and
+                // what the spool holds is removed below.
+                batch.retain(|m: &Message| m.customer.as_ref().is_none_or(|c| !ids.contains(c)));
+                purge.extend(ids.iter().cloned());
+                continue;
+            }
+            let Some(mut m) = settings.message(r) else {
+                continue;
+            };
             if let Record::Stats(_) = r {
                 // The spool and the connection are this sink's to report.
                 let s = spool.lock().await;
@@ -366,6 +406,13 @@ pub async fn run(
         let mut s = spool.lock().await;
         if let Err(e) = s.append(std::mem::take(&mut batch)).await {
             tracing::error!(error = %e, "cannot write to the spool; messages of this batch are lost");
+        }
+        for id in &purge {
+            match s.purge_customer(id).await {
+                Ok(n) if n > 0 => tracing::info!(messages = n, "removed unsent messages of a customer who opted out"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot purge an opted-out customer's messages from the spool"),
+            }
         }
         drop(s);
         wake.notify_one();
@@ -418,9 +465,14 @@ async fn connect_loop(
     spool: Arc<tokio::sync::Mutex<Spool>>,
     wake: Arc<Notify>,
     health: Arc<Mutex<Health>>,
+    sync: Option<SyncLink>,
     mut shutdown: Shutdown,
     finish: tokio::sync::watch::Receiver<bool>,
 ) {
+    let (sync_in, mut sync_requests) = match sync {
+        Some(l) => (Some(l.inbound), Some(l.requests)),
+        None => (None, None),
+    };
     let (client, mut eventloop) = AsyncClient::new(settings.options.clone(), WINDOW * 2);
     let mut connected = false;
     let mut ever_connected = false;
@@ -499,6 +551,13 @@ async fn connect_loop(
                     {
                         handed.push_back(None);
                     }
+                    if let Some(tx) = &sync_in {
+                        // Clean sessions drop subscriptions: subscribe on every connection.
+                        if let Err(e) = client.try_subscribe(settings.topics.sync_customers.clone(), QoS::AtLeastOnce) {
+                            tracing::warn!(error = %e, "cannot subscribe to customer sync");
+                        }
+                        let _ = tx.try_send(SyncInput::Connected);
+                    }
                     let mut h = health.lock().expect("health lock");
                     if ever_connected {
                         h.reconnects += 1;
@@ -515,6 +574,13 @@ async fn connect_loop(
                             unacked.insert(pkid, seq);
                         }
                         _ => {}
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(tx) = sync_in.as_ref().filter(|_| p.topic == settings.topics.sync_customers) {
+                        if tx.try_send(SyncInput::Batch(p.payload.to_vec())).is_err() {
+                            tracing::warn!("customer sync is behind; dropped a batch, it will be asked for again");
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
@@ -545,7 +611,31 @@ async fn connect_loop(
                 }
             },
             _ = wake.notified(), if connected => {}
+            req = recv_some(&mut sync_requests), if connected => {
+                if let Some(payload) = req {
+                    if client
+                        .try_publish(settings.topics.sync_request.clone(), QoS::AtLeastOnce, false, payload)
+                        .is_ok()
+                    {
+                        handed.push_back(None);
+                    }
+                }
+            }
         }
+    }
+}
+
+/// The next item of an optional channel; never resolves without one (or once it is closed).
+async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(v) => Some(v),
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -176,26 +176,13 @@ impl Spool {
         cache_bytes: u64,
     ) -> Result<(Spool, OpenReport), SpoolError> {
         let mut report = OpenReport::default();
-        let db = match Self::open_db(dir, cache_bytes) {
-            Ok(db) => db,
-            Err(e) => {
-                let aside = dir.with_extension(format!(
-                    "broken-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0)
-                ));
-                tracing::error!(spool = %dir.display(), moved_to = %aside.display(), error = %e,
-                    "spool would not open; moved aside, starting a new one");
-                let _ = std::fs::rename(dir, &aside);
-                report.moved_aside = Some((aside, e.to_string()));
-                Self::open_db(dir, cache_bytes).map_err(|source| SpoolError::Db {
+        let (db, aside) =
+            crate::storage::open_or_move_aside(dir, "spool", |d| Self::open_db(d, cache_bytes))
+                .map_err(|source| SpoolError::Db {
                     path: dir.to_owned(),
                     source,
-                })?
-            }
-        };
+                })?;
+        report.moved_aside = aside;
         let tree = db.open_tree("outbox").map_err(|source| SpoolError::Db {
             path: dir.to_owned(),
             source,

@@ -10,6 +10,9 @@ use super::Record;
 /// Writes every record as a JSON line until the channel closes.
 pub async fn run(mut rx: mpsc::Receiver<Record>) -> std::io::Result<()> {
     while let Some(r) = rx.recv().await {
+        if let Record::Purge(_) = r {
+            continue;
+        }
         let line = serde_json::to_string(&r).map_err(std::io::Error::other)?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}")?;

@@ -51,7 +51,7 @@ impl Board {
                 }
                 None
             }
-            Record::Stats(_) | Record::Beacons(_) => None,
+            Record::Stats(_) | Record::Beacons(_) | Record::Purge(_) => None,
         }
     }
 

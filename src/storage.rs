@@ -1,0 +1,40 @@
+//! Opening sled databases the way a hub that nobody watches needs: a database that will not open is
+//! moved aside and a fresh one started (refusing to run is worse than starting over), but one that is
+//! merely in use by another process is left alone.
+
+use std::path::{Path, PathBuf};
+
+/// A database that was moved aside at open, and why.
+pub type MovedAside = Option<(PathBuf, String)>;
+
+/// Whether a sled error means another process holds the database's lock.
+pub fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("acquire lock"))
+}
+
+/// Opens the database at `dir` with `open`; if it fails for any reason but a lock held by another
+/// process, moves `dir` to `dir.broken-<unix time>` and opens a new one. `what` names it in the log.
+pub fn open_or_move_aside<T>(
+    dir: &Path,
+    what: &str,
+    open: impl Fn(&Path) -> Result<T, sled::Error>,
+) -> Result<(T, MovedAside), sled::Error> {
+    match open(dir) {
+        Ok(db) => Ok((db, None)),
+        Err(e) if is_locked(&e) => Err(e),
+        Err(e) => {
+            let aside = dir.with_extension(format!(
+                "broken-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            ));
+            tracing::error!(path = %dir.display(), moved_to = %aside.display(), error = %e,
+                "{what} would not open; moved aside, starting a new one");
+            let _ = std::fs::rename(dir, &aside);
+            let db = open(dir)?;
+            Ok((db, Some((aside, e.to_string()))))
+        }
+    }
+}
