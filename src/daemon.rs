@@ -300,7 +300,11 @@ fn start_sync(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| stage(e.to_string()))?;
     let applied = cache.seq().map_err(|e| stage(e.to_string()))?;
-    tracing::info!(customers = customers.len(), seq = applied, "customer cache loaded");
+    tracing::info!(
+        customers = customers.len(),
+        seq = applied,
+        "customer cache loaded"
+    );
     core.apply_change(DirectoryChange::Upsert(customers));
     let key = match &cfg.identity.platform_public_key {
         Some(k) => Some(parse_public_key(k).map_err(|e| DaemonError::Stage {
@@ -308,7 +312,9 @@ fn start_sync(
             message: e,
         })?),
         None => {
-            tracing::warn!("identity.platform_public_key is not set: customer sync batches will be rejected");
+            tracing::warn!(
+                "identity.platform_public_key is not set: customer sync batches will be rejected"
+            );
             None
         }
     };

@@ -80,6 +80,87 @@ enum Command {
         #[arg(long, value_enum)]
         filter: Option<FilterArg>,
     },
+    /// Compute the retailer app's rotating token (the reference for app developers;
+    /// docs/app-token.md specifies it).
+    Token {
+        /// The customer's long-term app key, 64 hex digits.
+        #[arg(long, required_unless_present = "day_key", conflicts_with = "day_key")]
+        key: Option<String>,
+        /// Or that day's key, 64 hex digits (what the platform syncs to hubs).
+        #[arg(long)]
+        day_key: Option<String>,
+        /// The moment, RFC 3339 (e.g. 2026-11-25T10:03:00Z). Default: now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Seconds per epoch (identity.token_epoch_s).
+        #[arg(long, default_value_t = 600)]
+        epoch_s: u32,
+    },
+    /// Inspect or copy the customer cache in the data directory (stop the daemon first).
+    Cache {
+        /// The config file whose hub.data_dir holds the cache.
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/beacond/beacond.toml",
+            env = "BEACOND_CONFIG"
+        )]
+        config: PathBuf,
+        /// Use this data directory instead of the config's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+    /// Sign sync batch files and publish them to a hub's broker, as the platform does (a reference
+    /// for platform teams).
+    SyncPublish {
+        /// The platform's secret key file (64 hex digits; `beacond sync-keygen` makes one).
+        #[arg(long)]
+        key: PathBuf,
+        /// The broker.
+        #[arg(long, default_value = "mqtt://localhost:1883")]
+        url: String,
+        /// The topic prefix (mqtt.topic_prefix).
+        #[arg(long, default_value = "beacond")]
+        prefix: String,
+        /// Split snapshots without chunk fields into chunks of this many customers.
+        #[arg(long, default_value_t = 1000)]
+        chunk_size: usize,
+        /// Print the signed payloads (one per line pair) instead of publishing.
+        #[arg(long)]
+        print: bool,
+        /// Batch files (JSON bodies as docs/sync.md describes), sent in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Make a platform signing key for testing sync: writes the secret to FILE, prints the public key
+    /// to put in identity.platform_public_key.
+    SyncKeygen {
+        /// Where to write the secret key (created with mode 0600).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheAction {
+    /// Customers, applied sync sequence, bytes on disk.
+    Stats,
+    /// One customer as JSON.
+    Get {
+        /// The platform's customer id.
+        id: String,
+    },
+    /// Every customer as JSON lines (after a header line), to stdout or a file.
+    Export {
+        /// Output file; stdout when absent.
+        file: Option<PathBuf>,
+    },
+    /// Replace the cache with an export, atomically (a bad line changes nothing).
+    Import {
+        /// The export file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -128,6 +209,26 @@ fn main() -> ExitCode {
             warm_start_min,
             mqtt,
         } => demo(&scenario, speed, duration, warm_start_min, mqtt),
+        Command::Token {
+            key,
+            day_key,
+            at,
+            epoch_s,
+        } => token(key, day_key, at, epoch_s),
+        Command::Cache {
+            config,
+            data_dir,
+            action,
+        } => cache(config, data_dir, action),
+        Command::SyncPublish {
+            key,
+            url,
+            prefix,
+            chunk_size,
+            print,
+            files,
+        } => sync_publish(&key, &url, &prefix, chunk_size, print, &files),
+        Command::SyncKeygen { file } => sync_keygen(&file),
     };
     match result {
         Ok(code) => code,
@@ -303,5 +404,203 @@ fn simulate(arg: &str, json: bool, filter: Option<FilterArg>) -> anyhow::Result<
     } else {
         print!("{}", report.to_text());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn usage(message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("beacond: {message}");
+    Ok(ExitCode::from(2))
+}
+
+fn token(
+    key: Option<String>,
+    day_key: Option<String>,
+    at: Option<String>,
+    epoch_s: u32,
+) -> anyhow::Result<ExitCode> {
+    use beacond::identity::token;
+    if epoch_s == 0 || 86_400 % epoch_s != 0 {
+        return usage(format!(
+            "--epoch-s {epoch_s} must divide 86400 (e.g. 300, 600, 900)"
+        ));
+    }
+    let unix_s = match at {
+        Some(a) => match chrono::DateTime::parse_from_rfc3339(&a) {
+            Ok(t) if t.timestamp() >= 0 => t.timestamp() as u64,
+            _ => {
+                return usage(format!(
+                    "--at {a:?} is not an RFC 3339 time after 1970 (e.g. 2026-11-25T10:03:00Z)"
+                ))
+            }
+        },
+        None => beacond::time::Timestamp::now().as_millis() / 1000,
+    };
+    let parse = |flag: &str, h: &str| -> Result<token::Key, String> {
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(h.trim(), &mut k)
+            .map_err(|_| format!("{flag} must be 64 hex digits"))?;
+        Ok(k)
+    };
+    let (day, epoch) = (token::day_of(unix_s), token::epoch_of(unix_s, epoch_s));
+    let dk = match (key, day_key) {
+        (Some(k), _) => match parse("--key", &k) {
+            Ok(k) => token::day_key(&k, day),
+            Err(e) => return usage(e),
+        },
+        (None, Some(d)) => match parse("--day-key", &d) {
+            Ok(k) => k,
+            Err(e) => return usage(e),
+        },
+        (None, None) => return usage("give --key or --day-key"),
+    };
+    let t = token::token(&dk, epoch, epoch_s);
+    let out = serde_json::json!({
+        "at": beacond::time::Timestamp(unix_s * 1000).to_rfc3339(),
+        "day": beacond::identity::record::format_day(day),
+        "day_number": day,
+        "epoch_s": epoch_s,
+        "epoch": epoch,
+        "day_key": hex::encode(dk),
+        "token": hex::encode(t),
+        "service_data": hex::encode(token::service_data(&t)),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache(
+    config: PathBuf,
+    data_dir: Option<PathBuf>,
+    action: CacheAction,
+) -> anyhow::Result<ExitCode> {
+    use beacond::identity::cache::Cache;
+    let (dir, cache_mb) = match data_dir {
+        Some(d) => (d, 32),
+        None => match Config::load(&config) {
+            Ok(cfg) => (cfg.hub.data_dir, cfg.identity.cache_size_mb),
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("(or give --data-dir)");
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    let path = dir.join("customers");
+    if !path.exists() && !matches!(action, CacheAction::Import { .. }) {
+        return usage(format!(
+            "no customer cache at {} (has the daemon synced yet?)",
+            path.display()
+        ));
+    }
+    let (mut cache, aside) = match Cache::open(&path, cache_mb * 1024 * 1024) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    if let Some((to, why)) = aside {
+        eprintln!(
+            "beacond: the cache would not open ({why}); moved to {} and started empty",
+            to.display()
+        );
+    }
+    match action {
+        CacheAction::Stats => println!("{}", serde_json::to_string_pretty(&cache.stats()?)?),
+        CacheAction::Get { id } => match cache.get(&id)? {
+            Some(c) => println!("{}", serde_json::to_string_pretty(&c.to_record())?),
+            None => {
+                eprintln!("beacond: no customer {id:?} in the cache");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        CacheAction::Export { file } => {
+            let n = match file {
+                Some(f) => {
+                    let mut w = std::io::BufWriter::new(
+                        std::fs::File::create(&f).with_context(|| f.display().to_string())?,
+                    );
+                    cache.export(&mut w)?
+                }
+                None => cache.export(&mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+            };
+            eprintln!("exported {n} customers");
+        }
+        CacheAction::Import { file } => {
+            let f = std::fs::File::open(&file).with_context(|| file.display().to_string())?;
+            match cache.import(std::io::BufReader::new(f), &file.display().to_string()) {
+                Ok(n) => eprintln!("imported {n} customers"),
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("nothing was changed");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sync_publish(
+    key: &std::path::Path,
+    url: &str,
+    prefix: &str,
+    chunk_size: usize,
+    print: bool,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    use beacond::identity::publish;
+    let sk = match publish::read_signing_key(key) {
+        Ok(k) => k,
+        Err(e) => return usage(e),
+    };
+    let mut by_topic: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+        let name = f.display().to_string();
+        let payloads = match publish::prepare(&sk, &text, &name, chunk_size) {
+            Ok(p) => p,
+            Err(e) => return usage(e),
+        };
+        let store = publish::store_of(&text).unwrap_or_default();
+        by_topic.push((format!("{prefix}/{store}/sync/customers"), payloads));
+    }
+    if print {
+        let mut out = std::io::stdout().lock();
+        for (_, payloads) in &by_topic {
+            for p in payloads {
+                out.write_all(p)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for (topic, payloads) in by_topic {
+        let n = payloads.len();
+        if let Err(e) = runtime.block_on(publish::publish(url, &topic, payloads)) {
+            eprintln!("beacond: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+        eprintln!("published {n} signed message(s) to {topic}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sync_keygen(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let seed: [u8; 32] = rand::random();
+    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("{} (it must not exist yet)", file.display()))?;
+    writeln!(f, "{}", hex::encode(seed))?;
+    println!("{}", hex::encode(sk.verifying_key().to_bytes()));
+    eprintln!(
+        "secret key written to {}; put the line above in identity.platform_public_key",
+        file.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -183,10 +183,12 @@ impl Cache {
     /// One customer.
     pub fn get(&self, id: &str) -> Result<Option<CustomerEntry>, CacheError> {
         match self.active.get(customer_key(id)).map_err(|e| self.err(e))? {
-            Some(v) => postcard::from_bytes(&v).map(Some).map_err(|_| CacheError::Corrupt {
-                path: self.path.clone(),
-                id: id.to_owned(),
-            }),
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|_| CacheError::Corrupt {
+                    path: self.path.clone(),
+                    id: id.to_owned(),
+                }),
             None => Ok(None),
         }
     }
@@ -327,7 +329,10 @@ impl Cache {
             }
             let r: CustomerRecord =
                 serde_json::from_str(&l).map_err(|e| bad(i + 1, e.to_string()))?;
-            entries.push(r.validate("customer").map_err(|e| bad(i + 1, e.to_string()))?);
+            entries.push(
+                r.validate("customer")
+                    .map_err(|e| bad(i + 1, e.to_string()))?,
+            );
         }
         let mut staging = self.begin_snapshot()?;
         for c in &entries {
@@ -358,7 +363,10 @@ impl Staging {
     pub fn insert(&mut self, c: &CustomerEntry) -> Result<(), CacheError> {
         if self
             .tree
-            .insert(customer_key(&c.id), postcard::to_stdvec(c).expect("postcard"))
+            .insert(
+                customer_key(&c.id),
+                postcard::to_stdvec(c).expect("postcard"),
+            )
             .map_err(|source| CacheError::Db {
                 path: self.path.clone(),
                 source,
@@ -430,7 +438,11 @@ mod tests {
         let mut broken = buf.clone();
         broken.extend_from_slice(b"{\"id\":\"z\",\"beacons\":[\"nope\"]}\n");
         let e = b.import(broken.as_slice(), "export.jsonl").unwrap_err();
-        assert!(e.to_string().starts_with("export.jsonl:4: customer.beacons[0]"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("export.jsonl:4: customer.beacons[0]"),
+            "{e}"
+        );
         assert_eq!(b.stats().unwrap().customers, 2);
     }
 

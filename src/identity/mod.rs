@@ -9,6 +9,7 @@
 //! durable copy in sled, and the [`Directory`] is the in-memory index the hot path reads.
 
 pub mod cache;
+pub mod publish;
 pub mod record;
 pub mod stage;
 pub mod sync;

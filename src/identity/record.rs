@@ -248,7 +248,11 @@ mod tests {
         ] {
             assert_eq!(s.parse::<BeaconId>().unwrap().to_string(), s);
         }
-        for s in ["ibeacon:nope:1:2", "ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:70000", "x:1"] {
+        for s in [
+            "ibeacon:nope:1:2",
+            "ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:70000",
+            "x:1",
+        ] {
             assert!(s.parse::<BeaconId>().unwrap_err().contains("expected"));
         }
     }

@@ -51,7 +51,10 @@ pub async fn run(
             _ = sleep_until_unix(due) => {}
         }
         while let Some(req) = state.poll_request(Timestamp::now()) {
-            tracing::info!(from_seq = req.from_seq, "asking the platform for customer sync");
+            tracing::info!(
+                from_seq = req.from_seq,
+                "asking the platform for customer sync"
+            );
             let _ = requests.try_send(serde_json::to_vec(&req).expect("JSON"));
         }
         let customers = cache.stats().map(|s| s.customers).unwrap_or(0);

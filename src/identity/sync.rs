@@ -94,7 +94,9 @@ pub enum Reject {
         applied: u64,
     },
     /// A delta that skips sequences: held back, the missing ones are requested.
-    #[error("gap: seq {seq} arrived but {expected} is next; asked the platform for the missing batches")]
+    #[error(
+        "gap: seq {seq} arrived but {expected} is next; asked the platform for the missing batches"
+    )]
     Gap {
         /// The batch's sequence.
         seq: u64,
@@ -359,7 +361,11 @@ impl SyncState {
                         expected: self.applied + 1,
                     });
                 }
-                Ok(Accepted::Delta { seq, upsert, delete })
+                Ok(Accepted::Delta {
+                    seq,
+                    upsert,
+                    delete,
+                })
             }
             BatchKind::Snapshot => {
                 let (Some(chunk), Some(chunks)) = (batch.chunk, batch.chunks) else {
@@ -379,7 +385,12 @@ impl SyncState {
                 }
                 let mut customers = Vec::with_capacity(batch.customers.len());
                 let mut opted_out = Vec::new();
-                validate_all(&batch.customers, "customers", &mut customers, &mut opted_out)?;
+                validate_all(
+                    &batch.customers,
+                    "customers",
+                    &mut customers,
+                    &mut opted_out,
+                )?;
                 let first = match &self.staging {
                     Some(s) if s.seq == seq => {
                         if s.have.len() != chunks as usize {
@@ -472,7 +483,10 @@ mod tests {
     }
 
     fn delta(seq: u64, upsert: serde_json::Value, delete: &[&str]) -> Vec<u8> {
-        serde_json::to_vec(&json!({"v":1,"store":"s1","seq":seq,"type":"delta","upsert":upsert,"delete":delete})).unwrap()
+        serde_json::to_vec(
+            &json!({"v":1,"store":"s1","seq":seq,"type":"delta","upsert":upsert,"delete":delete}),
+        )
+        .unwrap()
     }
 
     fn chunk(seq: u64, i: u32, n: u32, ids: &[&str]) -> Vec<u8> {
@@ -487,7 +501,14 @@ mod tests {
         let (sk, vk) = keypair();
         let mut s = SyncState::new(Some(vk), "s1", 0);
         let a = s.check(T, &sign(&sk, &chunk(10, 1, 2, &["b"]))).unwrap();
-        assert!(matches!(a, Accepted::Chunk { first: true, complete: false, .. }));
+        assert!(matches!(
+            a,
+            Accepted::Chunk {
+                first: true,
+                complete: false,
+                ..
+            }
+        ));
         s.commit(T, &a);
         // The same chunk again changes nothing.
         assert!(matches!(
@@ -495,14 +516,31 @@ mod tests {
             Err(Reject::Replayed { .. })
         ));
         let a = s.check(T, &sign(&sk, &chunk(10, 0, 2, &["a"]))).unwrap();
-        assert!(matches!(a, Accepted::Chunk { first: false, complete: true, .. }));
+        assert!(matches!(
+            a,
+            Accepted::Chunk {
+                first: false,
+                complete: true,
+                ..
+            }
+        ));
         s.commit(T, &a);
         assert_eq!(s.applied(), 10);
         let a = s
-            .check(T, &sign(&sk, &delta(11, json!([{"id":"c","opted_in":false}]), &["a"])))
+            .check(
+                T,
+                &sign(
+                    &sk,
+                    &delta(11, json!([{"id":"c","opted_in":false}]), &["a"]),
+                ),
+            )
             .unwrap();
         match &a {
-            Accepted::Delta { seq, upsert, delete } => {
+            Accepted::Delta {
+                seq,
+                upsert,
+                delete,
+            } => {
                 assert_eq!(*seq, 11);
                 assert!(upsert.is_empty());
                 assert_eq!(delete, &["a".to_string(), "c".to_string()]);
@@ -526,7 +564,8 @@ mod tests {
         assert_eq!(s.check(T, &tampered), Err(Reject::BadSignature));
         let other = SigningKey::from_bytes(&[8u8; 32]);
         assert_eq!(s.check(T, &sign(&other, &body)), Err(Reject::BadSignature));
-        let foreign = serde_json::to_vec(&json!({"v":1,"store":"s2","seq":6,"type":"delta"})).unwrap();
+        let foreign =
+            serde_json::to_vec(&json!({"v":1,"store":"s2","seq":6,"type":"delta"})).unwrap();
         assert_eq!(
             s.check(T, &sign(&sk, &foreign)),
             Err(Reject::WrongStore("s2".into()))
@@ -546,7 +585,14 @@ mod tests {
         ));
         let st = s.stats();
         assert_eq!(
-            (st.unsigned, st.bad_signature, st.wrong_store, st.replayed, st.malformed, st.accepted),
+            (
+                st.unsigned,
+                st.bad_signature,
+                st.wrong_store,
+                st.replayed,
+                st.malformed,
+                st.accepted
+            ),
             (1, 2, 1, 1, 2, 0)
         );
         assert_eq!(s.applied(), 5);
@@ -561,7 +607,10 @@ mod tests {
         assert_eq!(s.poll_request(T), None);
         assert_eq!(
             s.check(T, &sign(&sk, &delta(6, json!([]), &["x"]))),
-            Err(Reject::Gap { seq: 6, expected: 4 })
+            Err(Reject::Gap {
+                seq: 6,
+                expected: 4
+            })
         );
         assert_eq!(s.poll_request(T), Some(SyncRequest { from_seq: 4 }));
         assert_eq!(s.poll_request(T), None);
@@ -570,7 +619,9 @@ mod tests {
         assert_eq!(s.poll_request(retry), Some(SyncRequest { from_seq: 4 }));
         assert_eq!(s.poll_timeout(), Some(Timestamp(retry.0 + 60_000)));
         for seq in 4..=6 {
-            let a = s.check(T, &sign(&sk, &delta(seq, json!([]), &["x"]))).unwrap();
+            let a = s
+                .check(T, &sign(&sk, &delta(seq, json!([]), &["x"])))
+                .unwrap();
             s.commit(T, &a);
         }
         assert_eq!(s.poll_timeout(), None);

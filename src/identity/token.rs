@@ -337,7 +337,8 @@ impl TokenWindow {
         if e != self.current {
             self.current = e;
             let lo = e.saturating_sub(1);
-            self.tables.retain(|t| t.epoch() >= lo && t.epoch() <= e + 1);
+            self.tables
+                .retain(|t| t.epoch() >= lo && t.epoch() <= e + 1);
             self.overlay.retain(|(ep, _), _| *ep >= lo);
             self.requested.retain(|ep| *ep >= lo);
         }

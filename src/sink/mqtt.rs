@@ -409,9 +409,14 @@ pub async fn run(
         }
         for id in &purge {
             match s.purge_customer(id).await {
-                Ok(n) if n > 0 => tracing::info!(messages = n, "removed unsent messages of a customer who opted out"),
+                Ok(n) if n > 0 => tracing::info!(
+                    messages = n,
+                    "removed unsent messages of a customer who opted out"
+                ),
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "cannot purge an opted-out customer's messages from the spool"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot purge an opted-out customer's messages from the spool")
+                }
             }
         }
         drop(s);
