@@ -232,9 +232,12 @@ pub async fn run_with(
     let core_task = tokio::spawn(run_core(
         core,
         clock,
-        adv_rx,
-        mark_rx,
-        (cmd_tx, cmd_rx),
+        Inputs {
+            adverts: adv_rx,
+            watermark: mark_rx,
+            commands: cmd_rx,
+            command_tx: cmd_tx,
+        },
         rec_tx,
         periodic,
         shutdown.clone(),
@@ -345,13 +348,17 @@ pub fn config_hash(cfg: &Config) -> String {
 async fn run_core(
     mut core: Core,
     clock: Clock,
-    mut rx: mpsc::Receiver<Advert>,
-    mut watermark: tokio::sync::watch::Receiver<crate::time::Timestamp>,
-    (cmd_tx, mut commands): (mpsc::Sender<CoreCommand>, mpsc::Receiver<CoreCommand>),
+    inputs: Inputs,
     tx: mpsc::Sender<Record>,
     mut periodic: Periodic,
     mut shutdown: Shutdown,
 ) {
+    let Inputs {
+        adverts: mut rx,
+        mut watermark,
+        mut commands,
+        command_tx: cmd_tx,
+    } = inputs;
     let mut events = Vec::new();
     let mut source_gone = false;
     loop {
@@ -415,6 +422,16 @@ async fn run_core(
             }
         }
     }
+}
+
+/// What the core task listens to.
+struct Inputs {
+    adverts: mpsc::Receiver<Advert>,
+    /// How far the source has got: deadlines before it may run.
+    watermark: tokio::sync::watch::Receiver<crate::time::Timestamp>,
+    commands: mpsc::Receiver<CoreCommand>,
+    /// For token tables built in the background to come back.
+    command_tx: mpsc::Sender<CoreCommand>,
 }
 
 /// The periodic `stats` and `beacons` records, on pipeline time.

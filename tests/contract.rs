@@ -15,9 +15,14 @@ fn asyncapi() -> Value {
 fn validator(doc: &Value, name: &str) -> jsonschema::Validator {
     let schema = &doc["components"]["schemas"][name];
     assert!(schema.is_object(), "no schema {name}");
+    // Rooted at the document, so references between schemas resolve.
+    let root = serde_json::json!({
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": doc["components"],
+    });
     jsonschema::options()
         .should_validate_formats(true)
-        .build(schema)
+        .build(&root)
         .unwrap()
 }
 
@@ -130,4 +135,31 @@ fn the_schemas_reject_what_the_contract_forbids() {
     let mut bad = ok;
     bad["at"] = "yesterday".into();
     assert!(!presence.is_valid(&bad));
+}
+
+#[test]
+fn sync_batches_and_requests_match_their_schemas() {
+    let doc = asyncapi();
+    let body = validator(&doc, "syncBody");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
+    let file = serde_json::json!({"v":1,"store":"s","seq":3,"type":"snapshot","customers":[
+        {"id":"c-1","segments":["a"],"beacons":["ibeacon:2f234454-cf6d-4a0f-adf2-f4911ba9ffa6:7:1",
+         "eddystone:edd1ebeac04e5defa017:0123456789ab"],
+         "app_day_keys":[{"day":"2026-11-25","key":"ab".repeat(32)}]},
+        {"id":"c-2","app_key":"cd".repeat(32)},{"id":"c-3"}]});
+    let payloads = beacond::identity::publish::prepare(&key, &file.to_string(), "f", 2).unwrap();
+    assert_eq!(payloads.len(), 2);
+    for p in payloads {
+        let nl = p.iter().position(|b| *b == b'\n').unwrap();
+        assert_eq!(nl, 128);
+        let v: Value = serde_json::from_slice(&p[nl + 1..]).unwrap();
+        assert!(body.is_valid(&v), "{v}");
+    }
+    let mut bad = file.clone();
+    bad["customers"][0]["beacons"][0] = "ibeacon:nope".into();
+    assert!(!body.is_valid(&bad));
+    let req = validator(&doc, "syncRequest");
+    let r = beacond::identity::sync::SyncRequest { from_seq: 12 };
+    assert!(req.is_valid(&serde_json::to_value(r).unwrap()));
+    assert!(!req.is_valid(&serde_json::json!({"from_seq": 0})));
 }
