@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, SourceKind};
 use crate::identity::cache::Cache;
 use crate::identity::sync::{parse_public_key, SyncState};
-use crate::pipeline::{Core, CoreCommand, DirectoryChange};
+use crate::pipeline::{Core, CoreCommand};
 use crate::presence::{Engine, EngineParams};
 use crate::scan::sim::{Scenario, Simulation};
 use crate::scan::{Advert, Clock};
@@ -168,7 +168,7 @@ pub async fn run_with(
                 "spool has messages from before; sending them"
             );
         }
-        let link = start_sync(&cfg, &mut core, cmd_tx.clone(), shutdown.clone())?;
+        let link = start_sync(&cfg, cmd_tx.clone(), shutdown.clone())?;
         let health = Arc::new(Mutex::new(MqttHealth::default()));
         let shutdown_for_mqtt = shutdown.clone();
         sink_tasks.push(tokio::spawn(async move {
@@ -277,11 +277,10 @@ pub async fn run_with(
     result
 }
 
-/// Opens the customer cache, loads it into the core's directory, and starts the sync stage; returns
-/// the MQTT connection's side of it.
+/// Opens the customer cache and starts the sync stage, which loads the cache into the core's
+/// directory first; returns the MQTT connection's side of it.
 fn start_sync(
     cfg: &Config,
-    core: &mut Core,
     commands: mpsc::Sender<CoreCommand>,
     shutdown: Shutdown,
 ) -> Result<crate::sink::mqtt::SyncLink, DaemonError> {
@@ -298,17 +297,7 @@ fn start_sync(
         tracing::error!(moved_to = %path.display(), error = %why,
             "customer cache would not open; moved aside, asking the platform for a new snapshot");
     }
-    let customers = cache
-        .iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| stage(e.to_string()))?;
     let applied = cache.seq().map_err(|e| stage(e.to_string()))?;
-    tracing::info!(
-        customers = customers.len(),
-        seq = applied,
-        "customer cache loaded"
-    );
-    core.apply_change(DirectoryChange::Upsert(customers));
     let key = match &cfg.identity.platform_public_key {
         Some(k) => Some(parse_public_key(k).map_err(|e| DaemonError::Stage {
             stage: "identity.platform_public_key",

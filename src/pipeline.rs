@@ -238,6 +238,19 @@ impl Core {
         }
     }
 
+    /// The customer an app token belongs to, as the hub's clock says `now` (what [`Core::resolve`]
+    /// does for an advert carrying the token).
+    #[inline]
+    pub fn resolve_token(
+        &self,
+        token: u64,
+        now: Timestamp,
+    ) -> Option<crate::identity::CustomerKey> {
+        self.tokens
+            .lookup(token, now.as_millis() / 1000)
+            .and_then(|target| self.directory.resolve_target(target))
+    }
+
     /// Heap bytes of the token tables.
     pub fn token_heap_bytes(&self) -> usize {
         self.tokens.heap_bytes()
@@ -339,12 +352,7 @@ impl Core {
             }
         }
         if let Some(t) = app_token.flatten() {
-            let unix_s = adv.at.as_millis() / 1000;
-            let hit = self
-                .tokens
-                .lookup(t, unix_s)
-                .and_then(|target| self.directory.resolve_target(target));
-            if let Some(key) = hit {
+            if let Some(key) = self.resolve_token(t, adv.at) {
                 known = Some(Known::Identity(Identity::Customer(key)));
             }
         }

@@ -20,6 +20,29 @@ pub async fn run(
     core: mpsc::Sender<CoreCommand>,
     mut shutdown: Shutdown,
 ) {
+    // Loading a large cache takes seconds (a million customers: about 3 s); the pipeline runs
+    // meanwhile and known customers resolve once this arrives.
+    let started = std::time::Instant::now();
+    match cache.iter().collect::<Result<Vec<_>, _>>() {
+        Ok(all) => {
+            tracing::info!(
+                customers = all.len(),
+                seq = state.applied(),
+                ms = started.elapsed().as_millis() as u64,
+                "customer cache loaded"
+            );
+            if core
+                .send(CoreCommand::Change(DirectoryChange::Upsert(all)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the customer cache; asking the platform for a snapshot")
+        }
+    }
     let mut staging: Option<Staging> = None;
     loop {
         let due = state.poll_timeout();

@@ -244,6 +244,13 @@ impl SyncState {
         }
     }
 
+    /// Forgets what was applied, so the next request asks for everything (a snapshot): for a cache
+    /// that could not be read back.
+    pub fn start_over(&mut self) {
+        self.applied = 0;
+        self.newest_seen = 0;
+    }
+
     /// The applied sequence.
     pub fn applied(&self) -> u64 {
         self.applied
