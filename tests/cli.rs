@@ -263,3 +263,156 @@ fn run_with_the_sim_source_prints_presence_records() {
         .iter()
         .all(|r| r["type"] != "presence" || r["customer_id"].is_string()));
 }
+
+#[test]
+fn token_prints_the_published_vector() {
+    let out = beacond()
+        .args([
+            "token",
+            "--key",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            "--at",
+            "2026-11-25T10:03:00Z",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["token"], "1b328fa79d826711");
+    assert_eq!(v["service_data"], "011b328fa79d826711");
+    assert_eq!(v["epoch"], 2_992_668);
+    beacond()
+        .args(["token", "--key", "zz", "--at", "2026-11-25T10:03:00Z"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--key must be 64 hex digits"));
+    beacond()
+        .args(["token", "--day-key", &"ab".repeat(32), "--at", "yesterday"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("RFC 3339"));
+}
+
+#[test]
+fn cache_commands_export_import_get_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let export = dir.path().join("export.jsonl");
+    std::fs::write(
+        &export,
+        format!(
+            "{{\"beacond_customer_export\":1,\"seq\":42,\"customers\":2}}\n\
+             {{\"id\":\"c-1\",\"segments\":[\"wine\"],\"beacons\":[\"ibeacon:2f234454-cf6d-4a0f-adf2-f4911ba9ffa6:7:1\"]}}\n\
+             {{\"id\":\"c-2\",\"app_key\":\"{}\"}}\n",
+            "cd".repeat(32)
+        ),
+    )
+    .unwrap();
+    let dd = data.to_str().unwrap();
+    beacond()
+        .args(["cache", "--data-dir", dd, "import"])
+        .arg(&export)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("imported 2 customers"));
+    let out = beacond()
+        .args(["cache", "--data-dir", dd, "stats"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (v["customers"].as_u64(), v["seq"].as_u64()),
+        (Some(2), Some(42))
+    );
+    beacond()
+        .args(["cache", "--data-dir", dd, "get", "c-1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"wine\""));
+    beacond()
+        .args(["cache", "--data-dir", dd, "get", "nobody"])
+        .assert()
+        .failure();
+    let again = dir.path().join("again.jsonl");
+    beacond()
+        .args(["cache", "--data-dir", dd, "export"])
+        .arg(&again)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read_to_string(&again).unwrap().lines().count(), 3);
+    // A bad line names file and line, and changes nothing.
+    std::fs::write(
+        &export,
+        "{\"beacond_customer_export\":1,\"seq\":50,\"customers\":1}\n{\"id\":\"c-9\",\"beacons\":[\"ibeacon:x\"]}\n",
+    )
+    .unwrap();
+    beacond()
+        .args(["cache", "--data-dir", dd, "import"])
+        .arg(&export)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "export.jsonl:2: customer.beacons[0]",
+        ));
+    beacond()
+        .args(["cache", "--data-dir", dd, "get", "c-2"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn sync_keygen_and_publish_print_signed_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("platform.key");
+    let out = beacond()
+        .arg("sync-keygen")
+        .arg(&key)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let public = String::from_utf8(out).unwrap().trim().to_owned();
+    let vk = beacond::identity::sync::parse_public_key(&public).unwrap();
+    let batch = dir.path().join("snap.json");
+    std::fs::write(
+        &batch,
+        r#"{"v":1,"store":"s1","seq":1,"type":"snapshot","customers":[{"id":"a"},{"id":"b"},{"id":"c"}]}"#,
+    )
+    .unwrap();
+    let out = beacond()
+        .args(["sync-publish", "--print", "--chunk-size", "2", "--key"])
+        .arg(&key)
+        .arg(&batch)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "two chunks, each a signature line and a body"
+    );
+    let mut state = beacond::identity::sync::SyncState::new(Some(vk), "s1", 0);
+    let now = beacond::time::Timestamp(0);
+    for pair in lines.chunks(2) {
+        let payload = format!("{}\n{}", pair[0], pair[1]);
+        let a = state.check(now, payload.as_bytes()).unwrap();
+        state.commit(now, &a);
+    }
+    assert_eq!(state.applied(), 1);
+    // The key file is the secret: not readable by others.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o077,
+        0
+    );
+}
