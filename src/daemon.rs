@@ -168,7 +168,7 @@ pub async fn run_with(
                 "spool has messages from before; sending them"
             );
         }
-        let link = start_sync(&cfg, cmd_tx.clone(), shutdown.clone())?;
+        let link = start_sync(&cfg, &mut settings, cmd_tx.clone(), shutdown.clone())?;
         let health = Arc::new(Mutex::new(MqttHealth::default()));
         let shutdown_for_mqtt = shutdown.clone();
         sink_tasks.push(tokio::spawn(async move {
@@ -281,6 +281,7 @@ pub async fn run_with(
 /// directory first; returns the MQTT connection's side of it.
 fn start_sync(
     cfg: &Config,
+    settings: &mut MqttSettings,
     commands: mpsc::Sender<CoreCommand>,
     shutdown: Shutdown,
 ) -> Result<crate::sink::mqtt::SyncLink, DaemonError> {
@@ -296,6 +297,10 @@ fn start_sync(
     if let Some((path, why)) = aside {
         tracing::error!(moved_to = %path.display(), error = %why,
             "customer cache would not open; moved aside, asking the platform for a new snapshot");
+        settings.warn(format!(
+            "customer cache would not open ({why}); moved to {} and rebuilt from a new snapshot",
+            path.display()
+        ));
     }
     let applied = cache.seq().map_err(|e| stage(e.to_string()))?;
     let key = match &cfg.identity.platform_public_key {

@@ -323,3 +323,47 @@ fn an_opt_out_removes_unsent_events_from_the_spool() {
     assert!(!named.iter().any(|c| c.as_deref() == Some(victim.as_str())));
     assert_eq!(named.iter().filter(|c| c.is_some()).count(), others);
 }
+
+#[test]
+fn a_cache_that_will_not_open_is_moved_aside_reported_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform", &format!("beacond/{STORE}/#"), true);
+    let broken = dir.path().join("data/customers");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("conf"), b"not a sled config").unwrap();
+    std::fs::write(broken.join("db"), vec![0xffu8; 4096]).unwrap();
+    let cfg = config(dir.path(), &broker.url(), 5.0);
+    let mut daemon = start_daemon(&cfg);
+    sub.wait_for(
+        "warning in the status and a full request",
+        Duration::from_secs(20),
+        |m| {
+            m.iter().any(|(t, v, _)| {
+                t.ends_with("/status")
+                    && v["warnings"].as_array().is_some_and(|w| {
+                        w.iter()
+                            .any(|s| s.as_str().unwrap().contains("customer cache"))
+                    })
+            }) && requests(m).contains(&1)
+        },
+    );
+    send(
+        &broker,
+        batch(
+            json!({"v":1,"store":STORE,"seq":3,"type":"snapshot","customers": customers(&["c-1"])}),
+        ),
+    );
+    sub.wait_for("rebuilt", Duration::from_secs(30), |m| {
+        last_sync(m).is_some_and(|s| s["seq"] == 3 && s["customers"] == 1)
+    });
+    signal(&daemon, "-TERM");
+    let _ = daemon.wait();
+    assert!(std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("customers.broken-")));
+}
