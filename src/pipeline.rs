@@ -90,6 +90,9 @@ pub struct BeaconHealth {
 /// to the beacon that sent it; far more than any store has.
 const FIXED_ADDRESSES: usize = 4096;
 
+/// Customers changed in one step beyond which the token tables are rebuilt rather than patched.
+const OVERLAY_MAX: usize = 1000;
+
 /// What an advert resolved to.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Resolved {
@@ -178,9 +181,14 @@ impl Core {
                 all
             }
         };
+        // Few changes go into the overlay at once; a bulk change (a snapshot, the start-up load) makes
+        // the tables stale wholesale, and rebuilding them in the background is cheaper than an
+        // overlay of millions.
+        let bulk = upserts.len() > OVERLAY_MAX;
+        let mut changed = Vec::new();
         for c in upserts {
             let keys = c.keys.as_ref().map(|k| k.app_keys());
-            let key = self.directory.upsert(
+            let (key, keys_changed) = self.directory.upsert(
                 Customer {
                     id: c.id,
                     segments: c.segments,
@@ -188,8 +196,15 @@ impl Core {
                 &c.beacons,
                 keys,
             );
+            if keys_changed && !bulk {
+                changed.push(key);
+            }
+        }
+        if bulk {
+            self.tokens.rebuild();
+        }
+        for key in changed {
             if let Some(entry) = self.directory.app_keys(key) {
-                // Cheap when nothing changed: the overlay already holds the same targets.
                 let entry = entry.clone();
                 self.tokens.note_change(&entry);
             }
@@ -220,6 +235,7 @@ impl Core {
                 epoch,
                 epoch_s: self.tokens.epoch_s(),
                 keys: keys.clone(),
+                generation: self.tokens.generation(),
             })
             .collect()
     }

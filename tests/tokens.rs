@@ -201,3 +201,38 @@ fn day_keys_resolve_on_their_day_only() {
     c.build_tokens_now(Timestamp(tomorrow * 1000));
     assert_eq!(who(&c, &advert(&k, tomorrow, tomorrow)), None);
 }
+
+#[test]
+fn a_bulk_change_rebuilds_the_tables_and_drops_tables_built_before_it() {
+    let mut c = core();
+    let now = Timestamp(AT * 1000);
+    let key_of = |i: u32, salt: u8| {
+        let mut k = [salt; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        k
+    };
+    let all = |salt: u8| -> Vec<CustomerEntry> {
+        (0..3000)
+            .map(|i| customer(&format!("c-{i}"), key_of(i, salt)))
+            .collect()
+    };
+    c.apply_change(DirectoryChange::Upsert(all(1)));
+    let stale_jobs = c.poll_token_jobs(now);
+    assert_eq!(stale_jobs.len(), 3);
+    // A snapshot gives everyone new keys while those jobs run.
+    c.apply_change(DirectoryChange::Replace(all(2)));
+    for j in stale_jobs {
+        let t = j.run();
+        c.install_tokens(t);
+    }
+    assert_eq!(who(&c, &advert(&key_of(5, 1), AT, AT)), None);
+    // The tables are asked for again and built from the new keys.
+    c.build_tokens_now(now);
+    for i in [0, 1234, 2999] {
+        assert_eq!(
+            who(&c, &advert(&key_of(i, 2), AT, AT)),
+            Some(format!("c-{i}"))
+        );
+        assert_eq!(who(&c, &advert(&key_of(i, 1), AT, AT)), None);
+    }
+}

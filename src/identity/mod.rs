@@ -175,17 +175,18 @@ impl Directory {
 
     /// Adds a customer and the beacons registered to them; returns their key.
     pub fn add_customer(&mut self, customer: Customer, beacons: &[BeaconId]) -> CustomerKey {
-        self.upsert(customer, beacons, None)
+        self.upsert(customer, beacons, None).0
     }
 
     /// Adds or replaces a customer (by platform id) with their beacons and app key material; returns
-    /// their key, which is the same as before for a customer already known.
+    /// their key, which is the same as before for a customer already known, and whether their app key
+    /// material changed.
     pub fn upsert(
         &mut self,
         customer: Customer,
         beacons: &[BeaconId],
         keys: Option<AppKeys>,
-    ) -> CustomerKey {
+    ) -> (CustomerKey, bool) {
         let key = match self.by_id.get(customer.id.as_str()) {
             Some(&k) => {
                 self.unlink_beacons(k);
@@ -211,7 +212,8 @@ impl Directory {
                 .insert(*b, Known::Identity(Identity::Customer(key)));
         }
         let old_keys = self.app_keys[i].as_ref().map(|e| &e.keys);
-        if old_keys != keys.as_ref() {
+        let keys_changed = old_keys != keys.as_ref();
+        if keys_changed {
             // New material: tokens built from the old one must stop resolving.
             self.generations[i] = self.generations[i].wrapping_add(1);
             let target = Target {
@@ -224,7 +226,7 @@ impl Directory {
             customer,
             beacons: beacons.iter().copied().collect(),
         });
-        key
+        (key, keys_changed)
     }
 
     /// Removes a customer by platform id; returns the key they had.

@@ -130,6 +130,8 @@ pub struct Target {
 #[derive(Clone, Debug, Default)]
 pub struct TokenTable {
     epoch: u32,
+    /// The [`TokenWindow`] generation of the job that built it.
+    generation: u64,
     shift: u32,
     /// `index[b]..index[b + 1]` are the positions of tokens whose top bits are `b`.
     index: Vec<u32>,
@@ -162,6 +164,7 @@ impl TokenTable {
         let (tokens, targets) = pairs.into_iter().unzip();
         TokenTable {
             epoch,
+            generation: 0,
             shift,
             index,
             tokens,
@@ -285,6 +288,8 @@ pub struct TokenWindow {
     overlay: rustc_hash::FxHashMap<(u32, u64), Target>,
     requested: Vec<u32>,
     current: u32,
+    /// Bumped by [`TokenWindow::rebuild`]: tables from jobs of an older generation are stale.
+    generation: u64,
 }
 
 /// Work for a background thread: one epoch's table from a snapshot of every customer's keys.
@@ -296,16 +301,20 @@ pub struct TokenJob {
     pub epoch_s: u32,
     /// Every customer's key material at the time of the request.
     pub keys: Vec<std::sync::Arc<super::KeyEntry>>,
+    /// The window's generation when the job was made.
+    pub generation: u64,
 }
 
 impl TokenJob {
     /// Builds the table.
     pub fn run(self) -> TokenTable {
-        TokenTable::build(
+        let mut t = TokenTable::build(
             self.epoch,
             self.epoch_s,
             self.keys.iter().map(|e| (e.target, &e.keys)),
-        )
+        );
+        t.generation = self.generation;
+        t
     }
 }
 
@@ -318,12 +327,18 @@ impl TokenWindow {
             overlay: Default::default(),
             requested: Vec::new(),
             current: 0,
+            generation: 0,
         }
     }
 
     /// Seconds per epoch.
     pub fn epoch_s(&self) -> u32 {
         self.epoch_s
+    }
+
+    /// The generation jobs made now carry.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn wanted(current: u32) -> [u32; 3] {
@@ -352,8 +367,21 @@ impl TokenWindow {
         out
     }
 
+    /// Drops every table and the overlay: the next [`TokenWindow::advance`] asks for all of them again.
+    /// Until they are installed, tokens do not resolve (a fraction of a second per epoch table). Jobs
+    /// already running come back with an older generation and are dropped.
+    pub fn rebuild(&mut self) {
+        self.tables.clear();
+        self.overlay.clear();
+        self.requested.clear();
+        self.generation += 1;
+    }
+
     /// Installs a built table (a table for an epoch that has passed meanwhile is dropped).
     pub fn install(&mut self, table: TokenTable) {
+        if table.generation < self.generation {
+            return;
+        }
         let ep = table.epoch();
         self.requested.retain(|e| *e != ep);
         if ep + 1 < self.current {
