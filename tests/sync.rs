@@ -165,19 +165,15 @@ fn snapshot_deltas_rejections_gaps_and_a_restart() {
     let _ = daemon.wait();
 }
 
-/// A customer of the boutique who appears early and keeps producing events long after their first,
-/// so their silence after an opt-out means something.
-fn busiest_customer() -> String {
+/// The records the daemon's pipeline makes of the boutique with the test zones (deterministic), in
+/// order, until `enough` says so.
+fn boutique_records(
+    cfg: &beacond::config::Config,
+    enough: impl Fn(&[beacond::sink::Record]) -> bool,
+) -> Vec<beacond::sink::Record> {
     use beacond::pipeline::Core;
     use beacond::presence::{Engine, EngineParams};
     use beacond::scan::sim::{Scenario, Simulation};
-    use beacond::sink::{render, Record};
-    let cfg = beacond::config::Config::load(&config(
-        tempfile::tempdir().unwrap().path(),
-        "mqtt://127.0.0.1:1",
-        1.0,
-    ));
-    let cfg = cfg.unwrap();
     let mut sim = Simulation::new(Scenario::load("builtin:boutique").unwrap());
     let engine = Engine::new(
         &cfg.zones,
@@ -185,16 +181,30 @@ fn busiest_customer() -> String {
         "hub-window",
     );
     let mut core = Core::new(engine, sim.directory().clone(), sim.hub_names(), 1);
-    let mut counts = std::collections::BTreeMap::<String, (usize, usize)>::new();
-    let mut n = 0;
-    let mut events = Vec::new();
+    let (mut out, mut events) = (Vec::new(), Vec::new());
     while let Some(a) = sim.next_advert() {
         core.handle_advert(&a, &mut events);
-        for e in events.drain(..) {
-            if let Record::Presence(p) = render(&core, &e) {
-                n += 1;
-                counts.entry(p.customer_id.unwrap()).or_insert((n, 0)).1 += 1;
-            }
+        out.extend(events.drain(..).map(|e| beacond::sink::render(&core, &e)));
+        if enough(&out) {
+            break;
+        }
+    }
+    out
+}
+
+/// A customer of the boutique who appears early and keeps producing events long after their first,
+/// so their silence after an opt-out means something.
+fn busiest_customer() -> String {
+    use beacond::sink::Record;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg =
+        beacond::config::Config::load(&config(dir.path(), "mqtt://127.0.0.1:1", 1.0)).unwrap();
+    let mut counts = std::collections::BTreeMap::<String, (usize, usize)>::new();
+    let mut n = 0;
+    for r in boutique_records(&cfg, |_| false) {
+        if let Record::Presence(p) = r {
+            n += 1;
+            counts.entry(p.customer_id.unwrap()).or_insert((n, 0)).1 += 1;
         }
     }
     counts
@@ -265,27 +275,7 @@ fn an_opt_out_removes_unsent_events_from_the_spool() {
     let cfg =
         beacond::config::Config::load(&config(dir.path(), "mqtt://127.0.0.1:9", 1.0)).unwrap();
     let settings = Settings::from_config(&cfg, "test".into()).unwrap();
-    let records = {
-        use beacond::pipeline::Core;
-        use beacond::presence::{Engine, EngineParams};
-        use beacond::scan::sim::{Scenario, Simulation};
-        let mut sim = Simulation::new(Scenario::load("builtin:boutique").unwrap());
-        let engine = Engine::new(
-            &cfg.zones,
-            EngineParams::from_config(&cfg.presence),
-            "hub-window",
-        );
-        let mut core = Core::new(engine, sim.directory().clone(), sim.hub_names(), 1);
-        let (mut out, mut events) = (Vec::new(), Vec::new());
-        while let Some(a) = sim.next_advert() {
-            core.handle_advert(&a, &mut events);
-            out.extend(events.drain(..).map(|e| beacond::sink::render(&core, &e)));
-            if out.len() > 60 {
-                break;
-            }
-        }
-        out
-    };
+    let records = boutique_records(&cfg, |out| out.len() > 60);
     let customer_of = |r: &Record| match r {
         Record::Presence(p) => p.customer_id.clone(),
         _ => None,
