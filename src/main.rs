@@ -24,14 +24,8 @@ struct Cli {
 enum Command {
     /// Run the daemon with a config file (what systemd starts).
     Run {
-        /// The config file.
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/beacond/beacond.toml",
-            env = "BEACOND_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Check a config file: print a summary and exit 0, or every problem with FILE:LINE:COL and exit 2.
     CheckConfig {
@@ -98,14 +92,9 @@ enum Command {
     },
     /// Inspect or copy the customer cache in the data directory (stop the daemon first).
     Cache {
-        /// The config file whose hub.data_dir holds the cache.
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/beacond/beacond.toml",
-            env = "BEACOND_CONFIG"
-        )]
-        config: PathBuf,
+        /// The config's hub.data_dir holds the cache.
+        #[command(flatten)]
+        config: ConfigPath,
         /// Use this data directory instead of the config's.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -140,6 +129,19 @@ enum Command {
         /// Where to write the secret key (created with mode 0600).
         file: PathBuf,
     },
+}
+
+/// The daemon's config file, where every command that reads it looks by default.
+#[derive(clap::Args, Debug)]
+struct ConfigPath {
+    /// The config file.
+    #[arg(
+        short,
+        long,
+        default_value = "/etc/beacond/beacond.toml",
+        env = "BEACOND_CONFIG"
+    )]
+    config: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,7 +196,7 @@ fn scenario_spec(arg: &str) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run { config } => run(config.config),
         Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::Decode { payloads } => decode(payloads),
         Command::Simulate {
@@ -219,7 +221,7 @@ fn main() -> ExitCode {
             config,
             data_dir,
             action,
-        } => cache(config, data_dir, action),
+        } => cache(config.config, data_dir, action),
         Command::SyncPublish {
             key,
             url,
