@@ -431,6 +431,9 @@ pub async fn run(
         .is_err()
     {
         connection.abort();
+        // abort() only asks; awaiting makes sure the task and its handle on the spool are gone
+        // before we return, so whoever runs next (a restart, a test, `beacond cache`) can open it.
+        let _ = connection.await;
     }
     let _ = spool.lock().await.flush().await;
 }
