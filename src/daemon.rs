@@ -11,13 +11,12 @@
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, SourceKind};
+use crate::config::Config;
 use crate::identity::cache::Cache;
 use crate::identity::sync::{parse_public_key, SyncState};
 use crate::pipeline::{Core, CoreCommand};
 use crate::presence::{Engine, EngineParams};
-use crate::scan::sim::{Scenario, Simulation};
-use crate::scan::{Advert, Clock};
+use crate::scan::{Advert, Clock, Opened, SourceIo};
 use crate::shutdown::Shutdown;
 use crate::sink::mqtt::{Health as MqttHealth, Settings as MqttSettings};
 use crate::sink::spool::Spool;
@@ -100,26 +99,14 @@ pub async fn run_with(
     let (rec_tx, rec_rx) = mpsc::channel::<Record>(RECORD_QUEUE);
 
     // Source.
-    let (sim, directory, hubs) = match cfg.scan.source {
-        SourceKind::Sim => {
-            let scenario =
-                Scenario::load(&cfg.scan.sim_scenario).map_err(|e| DaemonError::Stage {
-                    stage: "scan.sim",
-                    message: e.to_string(),
-                })?;
-            let sim = Simulation::new(scenario);
-            let directory = sim.directory().clone();
-            let hubs = sim.hub_names().to_vec();
-            (sim, directory, hubs)
-        }
-        other => {
-            return Err(DaemonError::Stage {
-                stage: "scan",
-                message: format!(
-                    "source {other:?} is not available in this build yet; use source = \"sim\""
-                ),
-            })
-        }
+    let opened = crate::scan::open(&cfg).map_err(|e| DaemonError::Stage {
+        stage: "scan",
+        message: e.to_string(),
+    })?;
+    let hubs = opened.hubs(&cfg.hub.hub_id);
+    let directory = match &opened {
+        Opened::Sim(sim) => sim.directory().clone(),
+        _ => Default::default(),
     };
 
     // Core.
@@ -135,7 +122,7 @@ pub async fn run_with(
     let (cmd_tx, cmd_rx) = mpsc::channel::<CoreCommand>(COMMAND_QUEUE);
 
     // Sinks: MQTT when enabled, the local sink unless MQTT replaces it, fed by one tee.
-    let warm_end = sim.start().plus_secs(opts.warm_start_s);
+    let warm_end = opened.start().plus_secs(opts.warm_start_s);
     let mut sink_tasks = Vec::new();
     let mut outs: Vec<mpsc::Sender<Record>> = Vec::new();
     if cfg.mqtt.enabled {
@@ -199,35 +186,45 @@ pub async fn run_with(
 
     // A warm start runs the first stretch of the scenario straight through the core, so the engine's
     // clock never runs ahead of adverts the source has not produced yet.
-    let mut sim = sim;
-    let mut events = Vec::new();
-    let mut first_live = None;
-    while let Some(a) = sim.next_advert() {
-        if a.at >= warm_end {
-            first_live = Some(a);
-            break;
-        }
-        core.handle_advert(&a, &mut events);
-        for e in events.drain(..) {
-            if rec_tx.send(sink::render(&core, &e)).await.is_err() {
-                break;
+    let opened = match opened {
+        Opened::Sim(mut sim) if opts.warm_start_s > 0.0 => {
+            let mut events = Vec::new();
+            let mut first_live = None;
+            while let Some(a) = sim.next_advert() {
+                if a.at >= warm_end {
+                    first_live = Some(a);
+                    break;
+                }
+                core.handle_advert(&a, &mut events);
+                for e in events.drain(..) {
+                    if rec_tx.send(sink::render(&core, &e)).await.is_err() {
+                        break;
+                    }
+                }
             }
+            sim.push_back(first_live);
+            Opened::Sim(sim)
         }
-    }
-    let clock = Clock::scaled(warm_end, cfg.scan.speed);
+        other => other,
+    };
     let (mark_tx, mark_rx) = tokio::sync::watch::channel(warm_end);
-    let source = tokio::spawn(crate::scan::run_sim(
-        sim,
-        first_live,
-        clock,
-        adv_tx,
-        mark_tx,
-        shutdown.clone(),
-    ));
-    let periodic = Periodic::new(
+    let (counters_tx, counters_rx) = tokio::sync::watch::channel(Default::default());
+    let (clock, source) = opened.spawn(
         warm_end,
+        cfg.scan.speed,
+        crate::scan::filter_of(&cfg),
+        SourceIo {
+            adverts: adv_tx,
+            watermark: mark_tx,
+            counters: counters_tx,
+        },
+        shutdown.clone(),
+    );
+    let periodic = Periodic::new(
+        clock.now(),
         cfg.mqtt.stats_interval_s * 1000,
         cfg.mqtt.beacons_interval_s * 1000,
+        counters_rx,
     );
     let core_task = tokio::spawn(run_core(
         core,
@@ -250,10 +247,20 @@ pub async fn run_with(
         zones = cfg.zones.len(),
         "beacond started"
     );
-    let _ = source.await;
+    let source_result = source.await;
     let _ = core_task.await;
     let _ = tee.await;
-    let mut result = Ok(());
+    let mut result = match source_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DaemonError::Stage {
+            stage: "scan",
+            message: e.to_string(),
+        }),
+        Err(e) => Err(DaemonError::Stage {
+            stage: "scan",
+            message: e.to_string(),
+        }),
+    };
     for t in sink_tasks {
         match t.await {
             Ok(Ok(())) => {}
@@ -436,10 +443,16 @@ struct Periodic {
     next_stats: crate::time::Timestamp,
     next_beacons: crate::time::Timestamp,
     prev: crate::pipeline::CoreStats,
+    scan: tokio::sync::watch::Receiver<crate::scan::bluez::tracker::ScanCounters>,
 }
 
 impl Periodic {
-    fn new(start: crate::time::Timestamp, stats_every: u64, beacons_every: u64) -> Periodic {
+    fn new(
+        start: crate::time::Timestamp,
+        stats_every: u64,
+        beacons_every: u64,
+        scan: tokio::sync::watch::Receiver<crate::scan::bluez::tracker::ScanCounters>,
+    ) -> Periodic {
         let (stats_every, beacons_every) = (stats_every.max(1000), beacons_every.max(1000));
         Periodic {
             stats_every,
@@ -448,6 +461,7 @@ impl Periodic {
             next_stats: crate::time::Timestamp(start.0 + stats_every),
             next_beacons: crate::time::Timestamp(start.0 + beacons_every),
             prev: Default::default(),
+            scan,
         }
     }
 
@@ -459,7 +473,11 @@ impl Periodic {
     fn due(&mut self, core: &Core, now: crate::time::Timestamp) -> Vec<Record> {
         let mut out = Vec::new();
         if now >= self.next_stats {
-            out.push(sink::stats_record(core, &self.prev, self.stats_start, now));
+            let mut r = sink::stats_record(core, &self.prev, self.stats_start, now);
+            if let Record::Stats(s) = &mut r {
+                s.scan = Some(*self.scan.borrow());
+            }
+            out.push(r);
             self.prev = core.stats();
             self.stats_start = now;
             self.next_stats = crate::time::Timestamp(now.0 + self.stats_every);

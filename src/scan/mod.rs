@@ -1,12 +1,19 @@
 //! Scanning sources: where advertisements come from. Each source produces [`Advert`]s stamped with
 //! our own time and the index of the hub that heard them:
 //! - `sim`: the store simulator, with ground truth ([`sim`]);
-//! - `replay`: a recording (field-tools issue);
-//! - `bluez`: the Bluetooth adapter through BlueZ (BlueZ issue).
+//! - `replay`: a recording made by `beacond record` ([`replay`]);
+//! - `bluez`: the Bluetooth adapter through BlueZ ([`bluez`]).
+//!
+//! [`open`] and [`Opened::spawn`] start any of them the same way for the daemon, `beacond scan` and
+//! `beacond record`.
 
+pub mod bluez;
+pub mod filter;
+pub mod replay;
 pub mod sim;
 
 use smallvec::SmallVec;
+use tokio::sync::{mpsc, watch};
 
 use crate::time::Timestamp;
 
@@ -69,23 +76,40 @@ impl Clock {
     }
 }
 
-/// Plays a simulation against `clock`, sending each advert when its time comes (starting with
-/// `first`, if the caller already drew it), until the scenario ends, the receiver goes away, or
-/// shutdown. `watermark` tells the core how far the source has got: no advert older than it will
-/// come, so deadlines up to it can be handled without overtaking an advert.
-pub async fn run_sim(
-    mut sim: sim::Simulation,
-    first: Option<Advert>,
+/// Plays adverts from `next` against `clock`, sending each when its time comes, until `next` runs
+/// out, the receiver goes away, or shutdown. `watermark` tells the core how far the source has got:
+/// no advert older than it will come, so deadlines up to it can be handled without overtaking an
+/// advert. Adverts the filter stops are counted in `counters` and dropped.
+pub async fn run_paced(
+    mut next: impl FnMut() -> Option<Advert> + Send,
     clock: Clock,
-    tx: tokio::sync::mpsc::Sender<Advert>,
-    watermark: tokio::sync::watch::Sender<Timestamp>,
+    filter: filter::Filter,
+    io: SourceIo,
     mut shutdown: crate::shutdown::Shutdown,
 ) {
-    let mut next = first.or_else(|| sim.next_advert());
-    while let Some(adv) = next.take() {
+    let SourceIo {
+        adverts: tx,
+        watermark,
+        counters,
+    } = io;
+    let mut c = bluez::tracker::ScanCounters::default();
+    while let Some(adv) = next() {
         // Nothing older than this advert can come any more: the core may run deadlines up to it.
         watermark.send_replace(Timestamp(adv.at.0.saturating_sub(1)));
+        c.events += 1;
+        match filter.check(adv.rssi, &adv.payload) {
+            filter::Verdict::Pass => c.adverts += 1,
+            filter::Verdict::WeakSignal => {
+                c.filtered_rssi += 1;
+                continue;
+            }
+            filter::Verdict::NotListed => {
+                c.filtered_unlisted += 1;
+                continue;
+            }
+        }
         if adv.at > clock.now() {
+            counters.send_replace(c);
             tokio::select! {
                 _ = tokio::time::sleep_until(clock.instant_of(adv.at)) => {}
                 _ = shutdown.recv() => return,
@@ -95,8 +119,167 @@ pub async fn run_sim(
             sent = tx.send(adv) => if sent.is_err() { return },
             _ = shutdown.recv() => return,
         }
-        next = sim.next_advert();
     }
+    counters.send_replace(c);
     watermark.send_replace(Timestamp(u64::MAX));
-    tracing::info!(scenario = %sim.scenario().name, "simulated scenario finished");
+}
+
+/// The channels from a source to the core.
+pub struct SourceIo {
+    /// Adverts, in time order.
+    pub adverts: mpsc::Sender<Advert>,
+    /// How far the source has got.
+    pub watermark: watch::Sender<Timestamp>,
+    /// The source's counters, for `stats.scan`.
+    pub counters: watch::Sender<bluez::tracker::ScanCounters>,
+}
+
+/// A source that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The simulated store's scenario.
+    #[error("scan.sim_scenario: {0}")]
+    Scenario(#[from] sim::ScenarioError),
+    /// The recording to replay.
+    #[error("scan.replay_file: {0}")]
+    Replay(#[from] replay::ReplayError),
+    /// `source = "replay"` without a file.
+    #[error("scan.replay_file: not set; source = \"replay\" needs the recording to play (`beacond record FILE` makes one)")]
+    NoReplayFile,
+    /// The bluez source gave up.
+    #[error("scan.bluez: {0}")]
+    Bluez(#[from] bluez::BluezError),
+}
+
+/// A source, opened and ready to spawn.
+pub enum Opened {
+    /// The store simulator.
+    Sim(Box<sim::Simulation>),
+    /// A recording.
+    Replay(Box<replay::Recording>),
+    /// The Bluetooth adapter.
+    Bluez(bluez::Settings),
+}
+
+impl Opened {
+    /// The hubs the source's adverts name by index.
+    pub fn hubs(&self, own_hub: &str) -> Vec<String> {
+        match self {
+            Opened::Sim(s) => s.hub_names().to_vec(),
+            Opened::Replay(r) if !r.header.hubs.is_empty() => r.header.hubs.clone(),
+            _ => vec![own_hub.to_string()],
+        }
+    }
+
+    /// The source's own start of time: simulated and recorded time start in the past or future.
+    pub fn start(&self) -> Timestamp {
+        match self {
+            Opened::Sim(s) => s.start(),
+            Opened::Replay(r) => r.start(),
+            Opened::Bluez(_) => Timestamp::now(),
+        }
+    }
+
+    /// The source's name, as in config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Opened::Sim(_) => "sim",
+            Opened::Replay(_) => "replay",
+            Opened::Bluez(_) => "bluez",
+        }
+    }
+
+    /// Runs the source on its own task. Simulated and recorded time start at `start` and run at
+    /// `speed`; the radio runs on the wall clock.
+    pub fn spawn(
+        self,
+        start: Timestamp,
+        speed: f64,
+        filter: filter::Filter,
+        io: SourceIo,
+        shutdown: crate::shutdown::Shutdown,
+    ) -> (Clock, tokio::task::JoinHandle<Result<(), SourceError>>) {
+        match self {
+            Opened::Sim(mut sim) => {
+                let clock = Clock::scaled(start, speed);
+                let task = tokio::spawn(async move {
+                    run_paced(|| sim.next_advert(), clock, filter, io, shutdown).await;
+                    tracing::info!(scenario = %sim.scenario().name, "simulated scenario finished");
+                    Ok(())
+                });
+                (clock, task)
+            }
+            Opened::Replay(mut rec) => {
+                let clock = Clock::scaled(start, speed);
+                let task = tokio::spawn(async move {
+                    let mut failed = None;
+                    let next = || match rec.next_advert() {
+                        Ok(a) => a,
+                        Err(e) => {
+                            failed = Some(e);
+                            None
+                        }
+                    };
+                    run_paced(next, clock, filter, io, shutdown).await;
+                    match failed {
+                        Some(e) => Err(e.into()),
+                        None => {
+                            tracing::info!("recording finished");
+                            Ok(())
+                        }
+                    }
+                });
+                (clock, task)
+            }
+            Opened::Bluez(mut settings) => {
+                settings.filter = filter;
+                let task = tokio::spawn(async move {
+                    bluez::run(settings, io.adverts, io.watermark, io.counters, shutdown)
+                        .await
+                        .map_err(SourceError::from)
+                });
+                (Clock::real(), task)
+            }
+        }
+    }
+}
+
+/// Opens the source `cfg` names.
+pub fn open(cfg: &crate::config::Config) -> Result<Opened, SourceError> {
+    use crate::config::SourceKind;
+    Ok(match cfg.scan.source {
+        SourceKind::Sim => Opened::Sim(Box::new(sim::Simulation::new(sim::Scenario::load(
+            &cfg.scan.sim_scenario,
+        )?))),
+        SourceKind::Replay => {
+            let path = cfg
+                .scan
+                .replay_file
+                .as_ref()
+                .ok_or(SourceError::NoReplayFile)?;
+            Opened::Replay(Box::new(replay::Recording::open(path)?))
+        }
+        SourceKind::Bluez => Opened::Bluez(bluez::Settings {
+            adapter: cfg.scan.adapter.clone(),
+            watchdog_s: cfg.scan.watchdog_s,
+            // A device is forgotten (and its BlueZ object removed) once no zone could still hold it.
+            forget_after_s: cfg
+                .zones
+                .iter()
+                .map(|z| z.absence_timeout_s)
+                .fold(0.0, f64::max)
+                .max(10.0)
+                + 30.0,
+            max_devices: cfg.presence.max_tracked.max(1024),
+            filter: filter::Filter::default(),
+        }),
+    })
+}
+
+/// The filter `cfg` asks for.
+pub fn filter_of(cfg: &crate::config::Config) -> filter::Filter {
+    filter::Filter::new(
+        &cfg.scan.filters,
+        uuid::Uuid::parse_str(&cfg.identity.app_service_uuid).ok(),
+    )
 }

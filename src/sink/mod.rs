@@ -86,6 +86,10 @@ pub struct StatsRecord {
     /// Customer sync counters (since start), when the hub syncs customers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<crate::pipeline::SyncReport>,
+    /// The scanning source's counters (since start): what it let through and filtered out, and the
+    /// BlueZ watchdog's and device cleanup's work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<crate::scan::bluez::tracker::ScanCounters>,
 }
 
 /// Health of the store's fixed beacons.
@@ -154,6 +158,7 @@ pub fn stats_record(
         app_tokens_resolved: now.app_tokens_resolved - prev.app_tokens_resolved,
         app_tokens_unknown: now.app_tokens_unknown - prev.app_tokens_unknown,
         sync: core.sync_report(),
+        scan: None,
     })
 }
 

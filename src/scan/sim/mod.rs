@@ -26,7 +26,7 @@ use crate::decode::{EddystoneTlm, EddystoneUid, Frame, IBeacon};
 use crate::identity::{BeaconId, Customer, Directory};
 use crate::time::Timestamp;
 
-pub use scenario::Scenario;
+pub use scenario::{Scenario, ScenarioError};
 
 use super::{Advert, Payload};
 
@@ -272,6 +272,13 @@ impl Simulation {
     /// Simulated end as a timestamp.
     pub fn end(&self) -> Timestamp {
         Timestamp(SIM_EPOCH_MS + self.end)
+    }
+
+    /// Puts back an advert taken with [`Simulation::next_advert`], so it comes next again.
+    pub fn push_back(&mut self, advert: Option<Advert>) {
+        if let Some(a) = advert {
+            self.pending.push_front(a);
+        }
     }
 
     /// The next advertisement heard by any hub, in time order; `None` when the scenario is over.
