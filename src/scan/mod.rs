@@ -147,7 +147,7 @@ pub enum SourceError {
     #[error("scan.replay_file: not set; source = \"replay\" needs the recording to play (`beacond record FILE` makes one)")]
     NoReplayFile,
     /// The bluez source gave up.
-    #[error("scan.bluez: {0}")]
+    #[error("bluez: {0}")]
     Bluez(#[from] bluez::BluezError),
 }
 
@@ -263,13 +263,13 @@ pub fn open(cfg: &crate::config::Config) -> Result<Opened, SourceError> {
             adapter: cfg.scan.adapter.clone(),
             watchdog_s: cfg.scan.watchdog_s,
             // A device is forgotten (and its BlueZ object removed) once no zone could still hold it.
-            forget_after_s: cfg
+            forget_after_s: (cfg
                 .zones
                 .iter()
                 .map(|z| z.absence_timeout_s)
                 .fold(0.0, f64::max)
-                .max(10.0)
-                + 30.0,
+                + 10.0)
+                .max(15.0),
             max_devices: cfg.presence.max_tracked.max(1024),
             filter: filter::Filter::default(),
         }),

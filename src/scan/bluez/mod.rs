@@ -149,19 +149,56 @@ pub async fn run(
             return Ok(());
         }
     };
+    // Real time only moves forward: the core may run deadlines up to now even while there is no
+    // adapter or nothing to hear, so stats and exits keep coming.
+    let ticker = {
+        let watermark = watermark.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tick.tick().await;
+                let now = Timestamp::now();
+                watermark.send_replace(Timestamp(now.0.saturating_sub(TICK.as_millis() as u64)));
+            }
+        })
+    };
+    let result = scan(
+        settings,
+        &manager,
+        &bus,
+        out,
+        &watermark,
+        &counters,
+        &mut shutdown,
+    )
+    .await;
+    ticker.abort();
+    result
+}
+
+async fn scan(
+    settings: Settings,
+    manager: &Manager,
+    bus: &Bus,
+    out: mpsc::Sender<Advert>,
+    watermark: &watch::Sender<Timestamp>,
+    counters: &watch::Sender<ScanCounters>,
+    shutdown: &mut Shutdown,
+) -> Result<(), BluezError> {
+    let mut retry = RETRY_MIN;
     let mut tracker = Tracker::new(
         settings.max_devices,
         settings.forget_after_s,
         settings.filter.clone(),
     );
     loop {
-        let adapter = match pick_adapter(&manager, &bus, &settings.adapter).await {
+        let adapter = match pick_adapter(manager, bus, &settings.adapter).await {
             Ok(a) => a,
             Err(why) => {
                 tracker.counters.adapter_missing += 1;
                 counters.send_replace(tracker.counters);
                 tracing::error!(adapter = %settings.adapter, retry_s = retry.as_secs(), "{why}");
-                if wait(&mut shutdown, &mut retry).await {
+                if wait(shutdown, &mut retry).await {
                     return Ok(());
                 }
                 continue;
@@ -170,13 +207,13 @@ pub async fn run(
         retry = RETRY_MIN;
         let end = session(
             &settings,
-            &bus,
+            bus,
             adapter,
             &mut tracker,
             &out,
-            &watermark,
-            &counters,
-            &mut shutdown,
+            watermark,
+            counters,
+            shutdown,
         )
         .await;
         match end {
@@ -185,7 +222,7 @@ pub async fn run(
             SessionEnd::Lost(why) => {
                 tracing::warn!("{why}; setting up discovery again");
                 tracker.clear();
-                if wait(&mut shutdown, &mut retry).await {
+                if wait(shutdown, &mut retry).await {
                     return Ok(());
                 }
             }
@@ -312,12 +349,12 @@ async fn session(
             },
             _ = tick.tick() => {
                 let now = Timestamp::now();
-                watermark.send_replace(Timestamp(now.0.saturating_sub(1)));
                 tracker.expire(now);
                 for a in tracker.take_removals() {
                     // A device BlueZ already dropped is fine: the goal is that it is gone.
-                    if bus.remove_device(&name, &device_path(&name, &a)).await.is_ok() {
-                        tracker.counters.devices_removed += 1;
+                    match bus.remove_device(&name, &device_path(&name, &a)).await {
+                        Ok(()) => tracker.counters.devices_removed += 1,
+                        Err(e) => tracing::debug!(error = %e, "could not remove a device object"),
                     }
                 }
                 ticks += 1;
