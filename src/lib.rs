@@ -8,6 +8,7 @@
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod field;
 pub mod identity;
 pub mod logging;
 pub mod pipeline;

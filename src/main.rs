@@ -123,6 +123,68 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// What the hub hears, live: a table refreshed in place (or --json lines) of every beacon,
+    /// customer and anonymous device, with raw and smoothed RSSI, distance, zone and rate.
+    ///
+    /// Runs with no config at all (first adapter, no filters, no zones); give --config to see the
+    /// zones the daemon would assign, or --source sim to try it without hardware.
+    Scan {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Row order.
+        #[arg(long, value_enum, default_value = "rssi")]
+        sort: beacond::field::view::SortKey,
+        /// Only rows whose id, kind or zone contains this text.
+        #[arg(long = "match")]
+        filter: Option<String>,
+        /// One JSON object per line for each row heard since the last refresh, instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Rows shown in the table.
+        #[arg(long, default_value_t = 40)]
+        rows: usize,
+    },
+    /// Record what the hub hears to FILE (JSON lines), to replay it later with
+    /// `--source replay --replay FILE` or `[scan] source = "replay"`.
+    ///
+    /// Addresses are replaced by pseudonyms and only payloads beacond understands are kept, so a
+    /// recording can leave the hub.
+    Record {
+        /// The recording to write.
+        file: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Stop after this many seconds (otherwise Ctrl-C, or the end of a simulation).
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// Calibrate a zone with a reference phone or beacon: RSSI at 1 m, at the zone's edge and
+    /// outside it, then the measured power, enter and exit thresholds it suggests, with reasons.
+    Calibrate {
+        /// The zone's id in the config.
+        #[arg(long)]
+        zone: String,
+        #[command(flatten)]
+        source: SourceArgs,
+        /// The reference device's id as `beacond scan` shows it (default: the strongest at 1 m).
+        #[arg(long)]
+        device: Option<String>,
+        /// Seconds of listening per phase.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// The edge's distance from the hub in metres, to suggest the path-loss exponent too.
+        #[arg(long)]
+        edge_m: Option<f64>,
+        /// Do not wait for Enter between phases (for a recording made phase after phase).
+        #[arg(long)]
+        yes: bool,
+        /// Edit the zone in the --config file in place (comments kept; checked before writing).
+        #[arg(long)]
+        write: bool,
+    },
     /// Make a platform signing key for testing sync: writes the secret to FILE, prints the public key
     /// to put in identity.platform_public_key.
     SyncKeygen {
@@ -142,6 +204,85 @@ struct ConfigPath {
         env = "BEACOND_CONFIG"
     )]
     config: PathBuf,
+}
+
+/// Where a field tool listens: the config's source, or one chosen here.
+#[derive(clap::Args, Debug)]
+struct SourceArgs {
+    /// A config file (zones, filters, adapter, customer cache). Without one: defaults.
+    #[arg(short, long, env = "BEACOND_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen to this source instead of the config's.
+    #[arg(long, value_enum)]
+    source: Option<SourceArg>,
+    /// For --source sim: a scenario file or built-in name (and its zones, without --config).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// For --source replay: the recording.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Playback speed for sim and replay.
+    #[arg(long)]
+    speed: Option<f64>,
+    /// For bluez: "auto" or an adapter name like hci1.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SourceArg {
+    Bluez,
+    Replay,
+    Sim,
+}
+
+impl SourceArgs {
+    /// The config a field tool runs with; `Err` with the exit code after printing why.
+    fn config(&self) -> Result<Config, ExitCode> {
+        use beacond::config::SourceKind;
+        let source = self.source.map(|s| match s {
+            SourceArg::Bluez => SourceKind::Bluez,
+            SourceArg::Replay => SourceKind::Replay,
+            SourceArg::Sim => SourceKind::Sim,
+        });
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path).map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            })?,
+            None if source == Some(SourceKind::Sim) => {
+                let spec = scenario_spec(self.scenario.as_deref().unwrap_or("supermarket"));
+                match beacond::scan::sim::Scenario::load(&spec) {
+                    Ok(s) => s.as_config(),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Err(ExitCode::from(2));
+                    }
+                }
+            }
+            None => Config::default(),
+        };
+        if let Some(s) = source {
+            cfg.scan.source = s;
+        }
+        if let Some(sc) = &self.scenario {
+            cfg.scan.sim_scenario = scenario_spec(sc);
+        }
+        if let Some(r) = &self.replay {
+            cfg.scan.replay_file = Some(r.clone());
+        }
+        if let Some(sp) = self.speed {
+            if !(sp.is_finite() && sp > 0.0) {
+                eprintln!("beacond: --speed must be a positive number, got {sp}");
+                return Err(ExitCode::from(2));
+            }
+            cfg.scan.speed = sp;
+        }
+        if let Some(a) = &self.adapter {
+            cfg.scan.adapter = a.clone();
+        }
+        Ok(cfg)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,6 +372,42 @@ fn main() -> ExitCode {
             files,
         } => sync_publish(&key, &url, &prefix, chunk_size, print, &files),
         Command::SyncKeygen { file } => sync_keygen(&file),
+        Command::Scan {
+            source,
+            sort,
+            filter,
+            json,
+            duration,
+            rows,
+        } => field_scan(&source, sort, filter, json, duration, rows),
+        Command::Record {
+            file,
+            source,
+            duration,
+        } => field_record(&source, &file, duration),
+        Command::Calibrate {
+            zone,
+            source,
+            device,
+            seconds,
+            edge_m,
+            yes,
+            write,
+        } => {
+            let opts = beacond::field::CalibrateOptions {
+                zone,
+                device,
+                seconds,
+                edge_m,
+                no_prompt: yes,
+                write: if write { source.config.clone() } else { None },
+            };
+            if write && source.config.is_none() {
+                eprintln!("beacond calibrate: --write needs --config FILE to edit");
+                return ExitCode::from(2);
+            }
+            field_calibrate(&source, &opts)
+        }
     };
     match result {
         Ok(code) => code,
@@ -605,4 +782,125 @@ fn sync_keygen(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         file.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a field tool on a fresh runtime until it ends or a signal arrives.
+fn field_tool<T>(
+    run: impl FnOnce(
+        beacond::shutdown::Shutdown,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, beacond::field::FieldError>> + Send>,
+    >,
+) -> anyhow::Result<Result<T, beacond::field::FieldError>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(async {
+        let (trigger, shutdown) = beacond::shutdown::channel();
+        let tool = run(shutdown);
+        tokio::pin!(tool);
+        tokio::select! {
+            r = &mut tool => r,
+            _ = beacond::shutdown::os_signal() => {
+                trigger.fire();
+                tool.await
+            }
+        }
+    }))
+}
+
+fn field_scan(
+    source: &SourceArgs,
+    sort: beacond::field::view::SortKey,
+    filter: Option<String>,
+    json: bool,
+    duration: Option<f64>,
+    rows: usize,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let cfg = match source.config() {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    beacond::logging::init("warn", beacond::config::LogFormat::Auto)?;
+    let opts = beacond::field::ScanOptions {
+        json,
+        sort,
+        filter,
+        duration,
+        redraw: std::io::stdout().is_terminal(),
+        max_rows: rows,
+    };
+    let r = field_tool(move |shutdown| {
+        Box::pin(async move {
+            let mut out = std::io::stdout();
+            beacond::field::scan(&cfg, &opts, &mut out, shutdown).await
+        })
+    })?;
+    finish(r.map(|_| ()))
+}
+
+fn field_record(
+    source: &SourceArgs,
+    file: &std::path::Path,
+    duration: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = match source.config() {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    beacond::logging::init("warn", beacond::config::LogFormat::Auto)?;
+    let file = file.to_path_buf();
+    let path = file.clone();
+    let r = field_tool(move |shutdown| {
+        Box::pin(async move { beacond::field::record(&cfg, &file, duration, shutdown).await })
+    })?;
+    if let Ok(n) = &r {
+        eprintln!("beacond record: {n} adverts written to {}", path.display());
+    }
+    finish(r.map(|_| ()))
+}
+
+fn field_calibrate(
+    source: &SourceArgs,
+    opts: &beacond::field::CalibrateOptions,
+) -> anyhow::Result<ExitCode> {
+    let cfg = match source.config() {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if !cfg.zones.iter().any(|z| z.id == opts.zone) {
+        eprintln!(
+            "beacond calibrate: no zone {:?} in the config; zones: {}",
+            opts.zone,
+            cfg.zones
+                .iter()
+                .map(|z| z.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(ExitCode::from(2));
+    }
+    beacond::logging::init("warn", beacond::config::LogFormat::Auto)?;
+    let opts = opts.clone();
+    let r = field_tool(move |shutdown| {
+        Box::pin(async move {
+            let mut input = std::io::BufReader::new(std::io::stdin());
+            let mut out = std::io::stdout();
+            beacond::field::calibrate(&cfg, &opts, &mut input, &mut out, shutdown).await
+        })
+    })?;
+    finish(r.map(|_| ()))
+}
+
+/// A field tool's result as an exit code: its error on stderr and 1.
+fn finish(r: Result<(), beacond::field::FieldError>) -> anyhow::Result<ExitCode> {
+    match r {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("beacond: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

@@ -143,6 +143,11 @@ impl Core {
         }
     }
 
+    /// The engine's hub for a source's hub index; `None` for a hub no zone uses.
+    pub fn engine_hub(&self, source_hub: u16) -> Option<HubIdx> {
+        self.hub_map.get(source_hub as usize).copied().flatten()
+    }
+
     /// Recognises the retailer app's rotating tokens: service data under `app_uuid`, in epochs of
     /// `epoch_s` seconds.
     pub fn with_app_tokens(mut self, app_uuid: uuid::Uuid, epoch_s: u32) -> Core {

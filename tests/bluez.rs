@@ -342,3 +342,46 @@ fn filters_drop_and_count_before_the_pipeline() {
     signal(&d, "-TERM");
     assert!(d.wait().unwrap().success());
 }
+
+#[test]
+fn scan_with_no_config_shows_what_the_adapter_hears() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bus = MockBluez::start(dir.path());
+    bus.py("add_adapter('hci0')");
+    bus.py_background(
+        "p = add_device('hci0', 'F0:0B:00:00:00:01')\n\
+         set_mfr(p, 0x004C, '0215e2c56db5dffb48d2b060d0f5a71096e000010002c5')\n\
+         q = add_device('hci0', '7A:00:00:00:00:02')\n\
+         set_mfr(q, 0x0006, '01092022')\n\
+         while True:\n    set_rssi(p, -60)\n    set_rssi(q, -80)\n    time.sleep(0.1)\n    set_rssi(p, -61)\n    set_rssi(q, -81)\n    time.sleep(0.1)\n",
+    );
+    let out = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["scan", "--json", "--duration", "4"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env_remove("BEACOND_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let beacon = rows
+        .iter()
+        .rev()
+        .find(|r| r["id"] == format!("ibeacon:{IBEACON_UUID}:1:2"))
+        .expect("the iBeacon by its decoded id");
+    assert_eq!(beacon["kind"], "beacon");
+    assert_eq!(beacon["frames"][0]["major"], 1);
+    assert!([-60, -61].contains(&beacon["rssi"].as_i64().unwrap()));
+    assert!(beacon["adverts_per_s"].as_f64().unwrap() > 2.0);
+    // The other device is anonymous: a handle, never its address.
+    let anon = rows.iter().find(|r| r["kind"] == "anonymous").unwrap();
+    assert!(anon["id"].as_str().unwrap().starts_with("anon-"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("7A:00"));
+}
