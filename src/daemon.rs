@@ -57,8 +57,10 @@ pub enum SinkKind {
 }
 
 /// How to run, beyond the config.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RunOptions {
+    /// The config file, re-read on SIGHUP (`systemctl reload`); `None`: no reload.
+    pub config_path: Option<std::path::PathBuf>,
     /// Where records go locally (besides MQTT when `[mqtt] enabled`).
     pub sink: SinkKind,
     /// For simulated sources: run this many simulated seconds at once before pacing starts, so the
@@ -69,6 +71,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
+            config_path: None,
             sink: SinkKind::Stdout,
             warm_start_s: 0.0,
         }
@@ -220,6 +223,14 @@ pub async fn run_with(
         },
         shutdown.clone(),
     );
+    if let Some(path) = opts.config_path.clone() {
+        tokio::spawn(reload_on_hangup(
+            path,
+            cfg.clone(),
+            cmd_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
     let periodic = Periodic::new(
         clock.now(),
         cfg.mqtt.stats_interval_s * 1000,
@@ -401,6 +412,10 @@ async fn run_core(
                 }
                 CoreCommand::SyncReport(r) => core.set_sync_report(r),
                 CoreCommand::Tokens(t) => core.install_tokens(t),
+                CoreCommand::Reload(cfg) => {
+                    core.reconfigure(&cfg, clock.now().min(mark), &mut events);
+                    tracing::info!(zones = cfg.zones.len(), "config reloaded: zones and presence settings applied");
+                }
             },
             _ = sleep_until_some(due.map(|t| clock.instant_of(t))) => {
                 if let Some(t) = due {
@@ -422,6 +437,63 @@ async fn run_core(
                 return;
             }
         }
+    }
+}
+
+/// Re-reads the config on SIGHUP. A config with problems is rejected with every problem named by
+/// file:line:col and the running one stays; a valid one goes to the core. Sections the running
+/// pipeline cannot change in place are named, so nobody waits for a change that needs a restart.
+async fn reload_on_hangup(
+    path: std::path::PathBuf,
+    mut current: Config,
+    commands: mpsc::Sender<CoreCommand>,
+    mut shutdown: Shutdown,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload will not work");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        tracing::info!(file = %path.display(), "SIGHUP: reloading the config");
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("config reload rejected, the running config stays:\n{e}");
+                continue;
+            }
+        };
+        let restart_needed: Vec<&str> = [
+            ("hub", new.hub != current.hub),
+            ("scan", new.scan != current.scan),
+            ("mqtt", new.mqtt != current.mqtt),
+            ("identity", new.identity != current.identity),
+            ("log", new.log != current.log),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        if !restart_needed.is_empty() {
+            tracing::warn!(
+                sections = ?restart_needed,
+                "these sections changed and take effect at the next restart (systemctl restart beacond)"
+            );
+        }
+        if commands
+            .send(CoreCommand::Reload(Box::new(new.clone())))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        current = new;
     }
 }
 

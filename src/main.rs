@@ -427,7 +427,11 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
     };
     beacond::logging::init(&cfg.log.level, cfg.log.format)?;
-    run_until_signal(cfg, beacond::daemon::RunOptions::default(), None)
+    let opts = beacond::daemon::RunOptions {
+        config_path: Some(path),
+        ..Default::default()
+    };
+    run_until_signal(cfg, opts, None)
 }
 
 fn demo(
@@ -476,6 +480,7 @@ fn demo(
         speed
     );
     let opts = beacond::daemon::RunOptions {
+        config_path: None,
         sink: beacond::daemon::SinkKind::Terminal,
         warm_start_s: warm_start_min.max(0.0) * 60.0,
     };

@@ -55,6 +55,8 @@ pub enum CoreCommand {
     SyncReport(SyncReport),
     /// A token table built in the background.
     Tokens(TokenTable),
+    /// A reloaded, validated config: zones and presence parameters take effect now.
+    Reload(Box<crate::config::Config>),
 }
 
 /// What the sync stage reports for `stats`.
@@ -117,6 +119,7 @@ pub struct Core {
     directory: Directory,
     anon: AnonymousHasher,
     hub_map: Vec<Option<HubIdx>>,
+    source_hubs: Vec<String>,
     stats: CoreStats,
     fleet: FxHashMap<u32, BeaconHealth>,
     fixed_addresses: FxHashMap<[u8; 6], u32>,
@@ -134,6 +137,7 @@ impl Core {
             directory,
             anon: AnonymousHasher::new(salt),
             hub_map,
+            source_hubs: source_hubs.to_vec(),
             stats: CoreStats::default(),
             fleet: FxHashMap::default(),
             fixed_addresses: FxHashMap::default(),
@@ -141,6 +145,29 @@ impl Core {
             tokens: TokenWindow::new(600),
             sync: None,
         }
+    }
+
+    /// Applies reloaded zones and presence parameters at `now`, keeping who is where (see
+    /// [`Engine::reconfigure`]); visits in removed zones end in `out`.
+    pub fn reconfigure(
+        &mut self,
+        cfg: &crate::config::Config,
+        now: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        self.engine.reconfigure(
+            &cfg.zones,
+            crate::presence::EngineParams::from_config(&cfg.presence),
+            &cfg.hub.hub_id,
+            now,
+            out,
+        );
+        // Hub indices may have moved with the zones.
+        self.hub_map = self
+            .source_hubs
+            .iter()
+            .map(|h| self.engine.hub_index(h))
+            .collect();
     }
 
     /// The engine's hub for a source's hub index; `None` for a hub no zone uses.

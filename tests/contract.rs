@@ -60,6 +60,22 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
         if let beacond::presence::Event::Headcount(h) = e {
             let s = beacond::sink::stats_record(core, &Default::default(), h.start, h.end);
             check(&stats, &settings.message(&s).unwrap().payload, "stats");
+            let mut with_scan = s.clone();
+            if let beacond::sink::Record::Stats(st) = &mut with_scan {
+                st.scan = Some(beacond::scan::bluez::tracker::ScanCounters {
+                    events: 10,
+                    adverts: 8,
+                    filtered_rssi: 1,
+                    filtered_unlisted: 1,
+                    sessions: 1,
+                    ..Default::default()
+                });
+            }
+            check(
+                &stats,
+                &settings.message(&with_scan).unwrap().payload,
+                "stats with scan",
+            );
             // As the MQTT sink sends it, with its spool and connection counters.
             let enriched = beacond::sink::mqtt::with_sink_counters(
                 &settings.message(&s).unwrap().payload,

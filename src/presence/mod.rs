@@ -67,6 +67,8 @@ pub enum ExitReason {
     Moved,
     /// Dropped to keep memory bounded.
     Evicted,
+    /// The zone was removed from the config by a reload.
+    Reconfigured,
 }
 
 impl ExitReason {
@@ -77,6 +79,7 @@ impl ExitReason {
             ExitReason::Absence => "absence",
             ExitReason::Moved => "moved",
             ExitReason::Evicted => "evicted",
+            ExitReason::Reconfigured => "reconfigured",
         }
     }
 }
@@ -352,6 +355,86 @@ impl Engine {
             forget_ms,
             interval: None,
             stats: EngineStats::default(),
+        }
+    }
+
+    /// Applies new zones and parameters (a config reload) without losing who is where: tracks,
+    /// their smoothed signal and visits in zones that still exist (by id) carry over, thresholds and
+    /// timeouts take effect from `now`, and a visit in a zone that is gone ends with reason
+    /// `reconfigured`. Dwell marks already passed under the old marks are not sent again.
+    pub fn reconfigure(
+        &mut self,
+        zones: &[ZoneConfig],
+        params: EngineParams,
+        default_hub: &str,
+        now: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        let mut new = Engine::new(zones, params, default_hub);
+        let hub_map: Vec<Option<HubIdx>> = self.hubs.iter().map(|h| new.hub_index(h)).collect();
+        let zone_map: Vec<Option<ZoneIdx>> =
+            self.zones.iter().map(|z| new.zone_index(&z.id)).collect();
+        let now = now.max(self.now);
+        for slot in 0..self.tracks.len() {
+            let gone = self.tracks[slot]
+                .as_ref()
+                .and_then(|t| t.visit)
+                .is_some_and(|v| zone_map[v.zone as usize].is_none());
+            if gone {
+                self.exit(slot as u32, now, ExitReason::Reconfigured, out);
+            }
+        }
+        for t in self.tracks.iter_mut().flatten() {
+            t.hubs.retain_mut(|h| match hub_map[h.hub as usize] {
+                Some(n) => {
+                    h.hub = n;
+                    true
+                }
+                None => false,
+            });
+            t.qualified
+                .retain_mut(|(z, _)| match zone_map[*z as usize] {
+                    Some(n) => {
+                        *z = n;
+                        true
+                    }
+                    None => false,
+                });
+            t.counted_zones.retain_mut(|z| match zone_map[*z as usize] {
+                Some(n) => {
+                    *z = n;
+                    true
+                }
+                None => false,
+            });
+            if let Some(v) = t.visit.as_mut() {
+                v.zone = zone_map[v.zone as usize].expect("visits in removed zones ended above");
+                let marks = &new.zones[v.zone as usize].dwell_marks_ms;
+                v.next_mark = marks
+                    .iter()
+                    .filter(|m| v.entered_at.0 + **m <= now.0)
+                    .count();
+            }
+            t.scheduled = u64::MAX;
+        }
+        for (old, count) in self.counts.iter().enumerate() {
+            if let Some(n) = zone_map[old] {
+                new.counts[n as usize] = *count;
+            }
+        }
+        new.tracks = std::mem::take(&mut self.tracks);
+        new.generations = std::mem::take(&mut self.generations);
+        new.free = std::mem::take(&mut self.free);
+        new.index = std::mem::take(&mut self.index);
+        new.now = now;
+        new.interval = self.interval;
+        new.stats = self.stats;
+        *self = new;
+        // Deadlines depend on the new timeouts: schedule every track afresh.
+        for slot in 0..self.tracks.len() {
+            if self.tracks[slot].is_some() {
+                self.schedule(slot as u32);
+            }
         }
     }
 

@@ -452,3 +452,83 @@ fn observations_from_unknown_hubs_are_ignored() {
     assert!(h.visits().is_empty());
     assert_eq!(h.engine.tracked().0, 0);
 }
+
+#[test]
+fn a_reload_keeps_visits_in_zones_that_stay_and_ends_those_in_zones_that_go() {
+    // Zone a on hub-1, zone b on hub-2 (hub index 1).
+    let mut h = Harness::new(&[
+        zone("a", None, -70, -80),
+        zone("b", Some("hub-2"), -70, -80),
+    ]);
+    h.hear_for(ALICE, 0, -65, 2.2);
+    h.hear_for(BOB, 1, -65, 2.2);
+    assert_eq!(h.visits().len(), 2);
+    // New config: zone a is gone, b has a stricter exit and moved to index 0, c is new.
+    let new = [
+        zone("b", Some("hub-2"), -60, -66),
+        zone("c", None, -70, -80),
+    ];
+    h.engine.reconfigure(
+        &new,
+        params(10_000),
+        "hub-1",
+        Timestamp(h.now),
+        &mut h.events,
+    );
+    let v = h.visits();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(matches!(
+        v[0].0,
+        VisitKind::Exit {
+            reason: ExitReason::Reconfigured,
+            ..
+        }
+    ));
+    assert_eq!(h.engine.zone_index("b"), Some(0));
+    assert_eq!(h.engine.zone_of(&BOB), Some(0), "Bob is still in b");
+    let hub2 = h.engine.hub_index("hub-2").unwrap();
+    // Bob at -68 was inside under the old exit (-80) and is outside under the new one (-66).
+    h.hear_for(BOB, hub2, -68, 1.0);
+    let v = h.visits();
+    assert!(
+        v.iter().any(|(k, z, _)| *z == 0
+            && matches!(
+                k,
+                VisitKind::Exit {
+                    reason: ExitReason::Signal,
+                    ..
+                }
+            )),
+        "{v:?}"
+    );
+    // Alice can enter the new zone c.
+    let hub1 = h.engine.hub_index("hub-1").unwrap();
+    h.hear_for(ALICE, hub1, -65, 2.2);
+    assert!(h
+        .visits()
+        .contains(&(VisitKind::Enter, 1, h.now - T0 - 200)));
+}
+
+#[test]
+fn a_reload_does_not_repeat_dwell_marks_already_sent() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_for(ALICE, 0, -65, 40.0);
+    let marks = |v: &[(VisitKind, ZoneIdx, u64)]| {
+        v.iter()
+            .filter(|(k, _, _)| matches!(k, VisitKind::Dwell { .. }))
+            .count()
+    };
+    assert_eq!(marks(&h.visits()), 1);
+    let mut z = zone("a", None, -70, -80);
+    z.dwell_marks_s = vec![10, 30, 60];
+    h.engine.reconfigure(
+        &[z],
+        params(10_000),
+        "hub-1",
+        Timestamp(h.now),
+        &mut h.events,
+    );
+    h.hear_for(ALICE, 0, -65, 30.0);
+    let v = h.visits();
+    assert_eq!(marks(&v), 1, "only the 60 s mark is new: {v:?}");
+}

@@ -218,7 +218,7 @@ pub struct PresenceRecord {
     /// For `exit`: the visit's length, s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
-    /// For `exit`: `signal`, `absence`, `moved` or `evicted`.
+    /// For `exit`: `signal`, `absence`, `moved`, `evicted` or `reconfigured`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
 }

@@ -1,0 +1,136 @@
+//! `systemctl reload` (SIGHUP) on the daemon binary: a valid config applies zones at once without a
+//! restart, an invalid one is rejected with file:line:col and the old one stays.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::bluez::wait_until;
+use common::signal;
+use serde_json::Value;
+
+const ZONES: &str = "[[zones]]\nid = \"window\"\nhub = \"hub-window\"\nenter_rssi = -75\nexit_rssi = -84\nmin_enter_s = 1.0\n\
+                     [[zones]]\nid = \"rails\"\nhub = \"hub-rails\"\nenter_rssi = -75\nexit_rssi = -84\nmin_enter_s = 1.0\n";
+
+fn write_config(path: &Path, data: &Path, zones: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[hub]\nstore_id = \"s\"\nhub_id = \"hub-window\"\ndata_dir = {:?}\n\
+             [scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\nspeed = 30.0\n\
+             [mqtt]\nenabled = false\n{zones}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("beacond.toml");
+    write_config(&cfg, &dir.path().join("data"), ZONES);
+    let log = dir.path().join("daemon.log");
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "beacond=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let sink = lines.clone();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if let Ok(v) = serde_json::from_str(&l) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    let presence = |zone: &str| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["type"] == "presence" && v["zone"] == zone)
+            .count()
+    };
+    wait_until("presence in both zones", Duration::from_secs(60), || {
+        presence("window") > 0 && presence("rails") > 0
+    });
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // An invalid config: rejected, named by line and column, and the daemon goes on.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("enter_rssi = -75", "enter_rssi = 75"),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    wait_until("the rejection", Duration::from_secs(10), || {
+        log_text().contains("config reload rejected")
+    });
+    assert!(
+        log_text().contains("beacond.toml:14:1: zones[0].enter_rssi: 75 dBm is out of range"),
+        "{}",
+        log_text()
+    );
+    let before = lines.lock().unwrap().len();
+    wait_until(
+        "records after the rejection",
+        Duration::from_secs(30),
+        || lines.lock().unwrap().len() > before + 5,
+    );
+    assert!(child.try_wait().unwrap().is_none());
+
+    // A valid config without the rails zone: applied in place; rails visits end as reconfigured and
+    // no new rails events follow, while the window zone goes on.
+    write_config(
+        &cfg,
+        &dir.path().join("data"),
+        &ZONES[..ZONES.find("[[zones]]\nid = \"rails\"").unwrap()],
+    );
+    let mark = lines.lock().unwrap().len();
+    signal(&child, "-HUP");
+    wait_until("the reload", Duration::from_secs(10), || {
+        log_text().contains("config reloaded")
+    });
+    let window_before = presence("window");
+    wait_until(
+        "window events after the reload",
+        Duration::from_secs(60),
+        || presence("window") > window_before + 2,
+    );
+    let after: Vec<Value> = lines.lock().unwrap()[mark..].to_vec();
+    for v in after.iter().filter(|v| v["zone"] == "rails") {
+        assert_eq!(v["event"], "exit", "{v}");
+        assert_eq!(v["reason"], "reconfigured", "{v}");
+    }
+    let headcount = after
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "headcount")
+        .expect("a headcount after the reload");
+    let zones: Vec<&str> = headcount["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| z["zone"].as_str().unwrap())
+        .collect();
+    assert_eq!(zones, vec!["window"]);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "reload is not a restart"
+    );
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+}
