@@ -177,11 +177,13 @@ impl View {
             .and_then(|h| engine.hubs().get(h as usize))
             .cloned()
             .unwrap_or_default();
+        // In a zone, what matters is the signal at that zone's hub, whichever hub heard this advert.
         let (smoothed, zone) = match r.identity {
-            Some(id) => (
-                hub.and_then(|h| engine.smoothed_rssi(&id, h)),
-                engine.zone_of(&id),
-            ),
+            Some(id) => {
+                let zone = engine.zone_of(&id);
+                let at = zone.map(|z| engine.zones()[z as usize].hub).or(hub);
+                (at.and_then(|h| engine.smoothed_rssi(&id, h)), zone)
+            }
             None => (None, None),
         };
         let level = smoothed.unwrap_or(adv.rssi as f32);
