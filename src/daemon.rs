@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::identity::cache::Cache;
 use crate::identity::sync::{parse_public_key, SyncState};
+use crate::offers::stage::OfferStage;
 use crate::pipeline::{Core, CoreCommand};
 use crate::presence::{Engine, EngineParams};
 use crate::scan::{Advert, Clock, Opened, SourceIo};
@@ -123,6 +124,7 @@ pub async fn run_with(
     let mut core = Core::new(engine, directory, &hubs, rand::random())
         .with_app_tokens(app_uuid, cfg.identity.token_epoch_s as u32);
     let (cmd_tx, cmd_rx) = mpsc::channel::<CoreCommand>(COMMAND_QUEUE);
+    let mut offers = open_offers(&cfg)?;
 
     // Sinks: MQTT when enabled, the local sink unless MQTT replaces it, fed by one tee.
     let warm_end = opened.start().plus_secs(opts.warm_start_s);
@@ -200,8 +202,8 @@ pub async fn run_with(
                 }
                 core.handle_advert(&a, &mut events);
                 for e in events.drain(..) {
-                    if rec_tx.send(sink::render(&core, &e)).await.is_err() {
-                        break;
+                    for r in records_of(&core, &mut offers, &e) {
+                        let _ = rec_tx.send(r).await;
                     }
                 }
             }
@@ -239,6 +241,7 @@ pub async fn run_with(
     );
     let core_task = tokio::spawn(run_core(
         core,
+        offers,
         clock,
         Inputs {
             adverts: adv_rx,
@@ -359,6 +362,7 @@ pub fn config_hash(cfg: &Config) -> String {
 /// engine jump ahead.
 async fn run_core(
     mut core: Core,
+    mut offers: OfferStage,
     clock: Clock,
     inputs: Inputs,
     tx: mpsc::Sender<Record>,
@@ -403,6 +407,9 @@ async fn run_core(
             Some(cmd) = commands.recv() => match cmd {
                 CoreCommand::Change(c) => {
                     let purged = core.apply_change(c);
+                    for id in &purged {
+                        offers.forget(id);
+                    }
                     if !purged.is_empty() {
                         // In order after every record already rendered about them.
                         if tx.send(Record::Purge(purged)).await.is_err() {
@@ -414,6 +421,7 @@ async fn run_core(
                 CoreCommand::Tokens(t) => core.install_tokens(t),
                 CoreCommand::Reload(cfg) => {
                     core.reconfigure(&cfg, clock.now().min(mark), &mut events);
+                    offers.reload(&cfg);
                     tracing::info!(zones = cfg.zones.len(), "config reloaded: zones and presence settings applied");
                 }
             },
@@ -433,11 +441,46 @@ async fn run_core(
             }
         }
         for e in events.drain(..) {
-            if tx.send(sink::render(&core, &e)).await.is_err() {
-                return;
+            for r in records_of(&core, &mut offers, &e) {
+                if tx.send(r).await.is_err() {
+                    return;
+                }
             }
         }
     }
+}
+
+/// The records for one pipeline event: the event itself, then the offer it triggers, if any.
+fn records_of(core: &Core, offers: &mut OfferStage, e: &crate::presence::Event) -> Vec<Record> {
+    let mut out = vec![sink::render(core, e)];
+    if let Some(t) = offers.on_event(core, e) {
+        tracing::info!(offer = %t.offer_id, zone = %t.zone, "offer fired");
+        out.push(Record::Offer(t));
+    }
+    out
+}
+
+/// The offers stage, with its caps on disk when there are rules.
+fn open_offers(cfg: &Config) -> Result<OfferStage, DaemonError> {
+    let stage = OfferStage::new(cfg);
+    if cfg.offers.is_empty() {
+        return Ok(stage);
+    }
+    let err = |message: String| DaemonError::Stage {
+        stage: "offers",
+        message,
+    };
+    std::fs::create_dir_all(&cfg.hub.data_dir)
+        .map_err(|e| err(format!("{}: {e}", cfg.hub.data_dir.display())))?;
+    let (store, aside) = crate::offers::store::Store::open(&cfg.hub.data_dir.join("offers"))
+        .map_err(|e| err(e.to_string()))?;
+    if let Some((path, why)) = aside {
+        tracing::error!(moved_to = %path.display(), error = %why,
+            "offer caps would not open; moved aside, starting with no caps");
+    }
+    stage
+        .with_store(store, crate::time::Timestamp::now())
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Re-reads the config on SIGHUP. A config with problems is rejected with every problem named by

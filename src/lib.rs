@@ -11,6 +11,7 @@ pub mod decode;
 pub mod field;
 pub mod identity;
 pub mod logging;
+pub mod offers;
 pub mod pipeline;
 pub mod presence;
 pub mod scan;

@@ -457,12 +457,11 @@ fn demo(
     cfg.scan.source = beacond::config::SourceKind::Sim;
     cfg.scan.sim_scenario = spec;
     cfg.scan.speed = speed;
+    // The demo's spool and offer caps are throwaway, like the demo.
+    cfg.hub.data_dir = std::env::temp_dir().join(format!("beacond-demo-{}", std::process::id()));
     if let Some(url) = mqtt {
         cfg.mqtt.enabled = true;
         cfg.mqtt.url = url;
-        // The demo's spool is throwaway, like the demo.
-        cfg.hub.data_dir =
-            std::env::temp_dir().join(format!("beacond-demo-{}", std::process::id()));
         if let Err(problems) = Config::parse(&toml::to_string(&cfg)?) {
             for p in problems {
                 eprintln!("beacond demo: --mqtt: {}", p.message);

@@ -33,6 +33,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// Offer trigger rules.
     pub offers: Vec<OfferConfig>,
+    /// Caps across all offers.
+    pub offer_limits: OfferLimits,
     /// Logging.
     pub log: LogConfig,
 }
@@ -47,6 +49,9 @@ pub struct HubConfig {
     pub hub_id: String,
     /// Where the customer cache, the spool and the offer caps live.
     pub data_dir: PathBuf,
+    /// The store's IANA time zone (`Europe/London`): offer days, hours and quiet hours are in local
+    /// time, daily budgets reset at local midnight.
+    pub timezone: String,
 }
 
 impl Default for HubConfig {
@@ -55,6 +60,7 @@ impl Default for HubConfig {
             store_id: "store-1".into(),
             hub_id: "hub-1".into(),
             data_dir: "/var/lib/beacond".into(),
+            timezone: "UTC".into(),
         }
     }
 }
@@ -354,6 +360,9 @@ pub enum OfferTrigger {
     Dwell,
     /// On leaving a zone.
     Exit,
+    /// On entering a zone, once the customer has entered the rule's zones at least `visits` times
+    /// in the last `visit_days` days (this visit included).
+    VisitCount,
 }
 
 /// `[[offers]]`: one offer trigger rule.
@@ -382,6 +391,46 @@ pub struct OfferConfig {
     /// Seconds before the same customer can get this offer again.
     #[serde(default = "defaults::cooldown_s")]
     pub cooldown_s: u64,
+    /// For `visit_count`: visits needed.
+    #[serde(default)]
+    pub visits: Option<u32>,
+    /// For `visit_count`: over how many days.
+    #[serde(default)]
+    pub visit_days: Option<u32>,
+    /// Days of the week it is active (`mon` … `sun`; empty: every day), in the store's time zone.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Local hours it is active, `"HH:MM-HH:MM"` (may cross midnight); absent: all day.
+    #[serde(default)]
+    pub hours: Option<String>,
+    /// Local hours it never fires, `["HH:MM-HH:MM", …]`.
+    #[serde(default)]
+    pub quiet_hours: Vec<String>,
+    /// The most triggers of this offer per local day on this hub; absent: no budget.
+    #[serde(default)]
+    pub daily_budget: Option<u32>,
+}
+
+/// `[offer_limits]`: caps across all offers.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfferLimits {
+    /// The most offers one customer gets in one store visit, across all offers.
+    pub max_per_visit: u32,
+    /// The most offers this hub fires in any 60 seconds.
+    pub max_per_minute: u32,
+    /// A customer unseen in every zone for this long has ended their store visit.
+    pub visit_gap_s: u64,
+}
+
+impl Default for OfferLimits {
+    fn default() -> Self {
+        OfferLimits {
+            max_per_visit: 2,
+            max_per_minute: 30,
+            visit_gap_s: 1800,
+        }
+    }
 }
 
 /// Log output format.

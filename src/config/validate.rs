@@ -25,6 +25,7 @@ pub fn validate(cfg: &Config) -> Problems {
     mqtt(cfg, &mut p);
     identity(cfg, &mut p);
     offers(cfg, &mut p);
+    offer_limits(cfg, &mut p);
     log(cfg, &mut p);
     p
 }
@@ -97,6 +98,15 @@ fn hub(cfg: &Config, p: &mut Problems) {
         p.push((
             path.join("data_dir"),
             "must not be empty; use a writable directory such as \"/var/lib/beacond\"".into(),
+        ));
+    }
+    if cfg.hub.timezone.parse::<chrono_tz::Tz>().is_err() {
+        p.push((
+            path.join("timezone"),
+            format!(
+                "{:?} is not an IANA time zone; use a name like \"Europe/London\" or \"UTC\"",
+                cfg.hub.timezone
+            ),
         ));
     }
 }
@@ -467,6 +477,76 @@ fn offers(cfg: &Config, p: &mut Problems) {
                 ));
             }
         }
+        if o.trigger == OfferTrigger::Dwell {
+            if let Some(d) = o.dwell_s.filter(|d| *d > 0) {
+                for z in cfg.zones.iter().filter(|z| o.zones.contains(&z.id)) {
+                    if !z.dwell_marks_s.contains(&d) {
+                        p.push((
+                            path.join("dwell_s"),
+                            format!(
+                                "zone {:?} has no dwell mark at {d} s (its dwell_marks_s: {:?}); add {d} there, dwell offers fire at a mark",
+                                z.id, z.dwell_marks_s
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        match (o.trigger, o.visits, o.visit_days) {
+            (OfferTrigger::VisitCount, v, d) => {
+                if v.is_none_or(|v| v < 1) {
+                    p.push((
+                        path.join("visits"),
+                        "trigger = \"visit_count\" needs visits, at least 1".into(),
+                    ));
+                }
+                if !d.is_some_and(|d| (1..=365).contains(&d)) {
+                    p.push((
+                        path.join("visit_days"),
+                        "trigger = \"visit_count\" needs visit_days, 1 to 365".into(),
+                    ));
+                }
+            }
+            (_, Some(_), _) => p.push((
+                path.join("visits"),
+                "only applies with trigger = \"visit_count\"".into(),
+            )),
+            (_, _, Some(_)) => p.push((
+                path.join("visit_days"),
+                "only applies with trigger = \"visit_count\"".into(),
+            )),
+            _ => {}
+        }
+        for (j, d) in o.days.iter().enumerate() {
+            if crate::offers::parse_day(d).is_none() {
+                p.push((
+                    path.join("days").index(j),
+                    format!("{d:?} is not a day; use mon, tue, wed, thu, fri, sat or sun"),
+                ));
+            }
+        }
+        if let Some(h) = &o.hours {
+            if crate::offers::Hours::parse(h).is_none() {
+                p.push((
+                    path.join("hours"),
+                    format!("{h:?} is not a range of local time; use \"HH:MM-HH:MM\", e.g. \"09:00-21:00\" (may cross midnight)"),
+                ));
+            }
+        }
+        for (j, h) in o.quiet_hours.iter().enumerate() {
+            if crate::offers::Hours::parse(h).is_none() {
+                p.push((
+                    path.join("quiet_hours").index(j),
+                    format!("{h:?} is not a range of local time; use \"HH:MM-HH:MM\", e.g. \"12:00-14:00\""),
+                ));
+            }
+        }
+        if o.daily_budget == Some(0) {
+            p.push((
+                path.join("daily_budget"),
+                "must be at least 1; remove it for no budget".into(),
+            ));
+        }
         match (o.trigger, o.dwell_s) {
             (OfferTrigger::Dwell, None) => p.push((
                 path.join("dwell_s"),
@@ -475,12 +555,36 @@ fn offers(cfg: &Config, p: &mut Problems) {
             (OfferTrigger::Dwell, Some(0)) => {
                 p.push((path.join("dwell_s"), "must be at least 1 second".into()))
             }
-            (OfferTrigger::Enter | OfferTrigger::Exit, Some(_)) => p.push((
-                path.join("dwell_s"),
-                "only applies with trigger = \"dwell\"; remove it or change the trigger".into(),
-            )),
+            (OfferTrigger::Enter | OfferTrigger::Exit | OfferTrigger::VisitCount, Some(_)) => p
+                .push((
+                    path.join("dwell_s"),
+                    "only applies with trigger = \"dwell\"; remove it or change the trigger".into(),
+                )),
             _ => {}
         }
+    }
+}
+
+fn offer_limits(cfg: &Config, p: &mut Problems) {
+    let path = KeyPath::key("offer_limits");
+    let l = &cfg.offer_limits;
+    if l.max_per_visit == 0 {
+        p.push((
+            path.join("max_per_visit"),
+            "must be at least 1; with no offers wanted, remove the [[offers]]".into(),
+        ));
+    }
+    if l.max_per_minute == 0 {
+        p.push((path.join("max_per_minute"), "must be at least 1".into()));
+    }
+    if !(60..=86_400).contains(&l.visit_gap_s) {
+        p.push((
+            path.join("visit_gap_s"),
+            format!(
+                "{} s is out of range; use 60 to 86400 (default 1800)",
+                l.visit_gap_s
+            ),
+        ));
     }
 }
 

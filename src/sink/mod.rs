@@ -15,7 +15,8 @@ use crate::pipeline::Core;
 use crate::presence::{Event, Subject, VisitKind};
 use crate::time::Timestamp;
 
-fn rfc3339<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+/// Serialises a timestamp as RFC 3339 UTC with milliseconds, as every record does.
+pub fn rfc3339<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339())
 }
 
@@ -31,6 +32,8 @@ pub enum Record {
     Stats(StatsRecord),
     /// Health of the store's fixed beacons.
     Beacons(BeaconsRecord),
+    /// An offer trigger for a customer.
+    Offer(crate::offers::Triggered),
     /// These customers opted out or were deleted: sinks must drop anything they still hold about
     /// them. Never published or printed.
     #[serde(skip)]
@@ -45,6 +48,7 @@ impl Record {
             Record::Headcount(h) => h.end,
             Record::Stats(s) => s.end,
             Record::Beacons(b) => b.at,
+            Record::Offer(o) => o.at,
             Record::Purge(_) => Timestamp(0),
         }
     }

@@ -306,6 +306,12 @@ impl Settings {
                 (&self.topics.stats, Priority::Stats, 0, None)
             }
             Record::Beacons(_) => (&self.topics.beacons, Priority::Beacons, 0, None),
+            Record::Offer(o) => (
+                &self.topics.offers,
+                Priority::Offers,
+                1,
+                Some(o.customer_id.clone()),
+            ),
             Record::Purge(_) => return None,
         };
         let mut envelope = serde_json::Map::new();

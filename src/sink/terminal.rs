@@ -17,6 +17,7 @@ pub struct Board {
     anonymous: BTreeMap<String, u32>,
     clock: String,
     events: u64,
+    offers: u64,
 }
 
 impl Board {
@@ -51,6 +52,21 @@ impl Board {
                 }
                 None
             }
+            Record::Offer(o) => {
+                self.offers += 1;
+                Some(format!(
+                    "{}  OFFER  {:<16} {} in {} ({} {})",
+                    hhmmss(&o.at.to_rfc3339()),
+                    o.offer_id,
+                    o.customer_id,
+                    o.zone,
+                    o.reason.trigger,
+                    o.reason
+                        .threshold
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                ))
+            }
             Record::Stats(_) | Record::Beacons(_) | Record::Purge(_) => None,
         }
     }
@@ -58,8 +74,8 @@ impl Board {
     /// The footer: one line per row of zones.
     pub fn footer(&self) -> Vec<String> {
         let mut lines = vec![format!(
-            "── {}  customers in zone now (+ anonymous devices last minute) ── {} events",
-            self.clock, self.events
+            "── {}  customers in zone now (+ anonymous devices last minute) ── {} events, {} offers",
+            self.clock, self.events, self.offers
         )];
         let cells: Vec<String> = self
             .zones

@@ -1,0 +1,168 @@
+//! Offers in the pipeline: presence events in, triggers out, caps persisted first. The daemon, the
+//! simulator and `beacond offers explain` all run this same code.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::pipeline::Core;
+use crate::presence::{Event, Subject, VisitKind};
+
+use super::store::Store;
+use super::{Caps, Decision, Facts, Outcome, PresenceKind, Rules, Triggered};
+
+/// Per-rule counts, for `beacond simulate` and `stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RuleCounts {
+    /// Triggers.
+    pub fired: u64,
+    /// Matched but capped (cooldown, budget, visit limit, rate limit).
+    pub capped: u64,
+    /// Matched but outranked by a higher priority.
+    pub outranked: u64,
+    /// Matched zone and trigger but held back by segments, days, hours or quiet hours.
+    pub held: u64,
+}
+
+/// The offers stage.
+pub struct OfferStage {
+    rules: Rules,
+    caps: Caps,
+    store: Option<Store>,
+    counts: BTreeMap<String, RuleCounts>,
+    /// Every decision, when asked to keep them (explain).
+    pub log: Option<Vec<(Facts<'static>, Decision)>>,
+}
+
+/// Facts with owned strings, for the explain log.
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+impl OfferStage {
+    /// The stage for `cfg`'s rules, with cap state in memory only.
+    pub fn new(cfg: &Config) -> OfferStage {
+        let rules = Rules::new(&cfg.offers, &cfg.offer_limits, &cfg.hub.timezone);
+        let counts = rules
+            .ids()
+            .map(|id| (id.to_owned(), RuleCounts::default()))
+            .collect();
+        OfferStage {
+            rules,
+            caps: Caps::default(),
+            store: None,
+            counts,
+            log: None,
+        }
+    }
+
+    /// Keeps cap state in `store` (loading what it holds, pruned at `now`).
+    pub fn with_store(
+        mut self,
+        store: Store,
+        now: crate::time::Timestamp,
+    ) -> Result<OfferStage, super::store::StoreError> {
+        let mut caps = store.load()?;
+        self.rules.prune(&mut caps, now);
+        store.replace(&caps)?;
+        self.caps = caps;
+        self.store = Some(store);
+        Ok(self)
+    }
+
+    /// New rules from a reloaded config; cap state carries over.
+    pub fn reload(&mut self, cfg: &Config) {
+        self.rules = Rules::new(&cfg.offers, &cfg.offer_limits, &cfg.hub.timezone);
+        for id in self.rules.ids() {
+            self.counts.entry(id.to_owned()).or_default();
+        }
+    }
+
+    /// Per-rule counts since start.
+    pub fn counts(&self) -> &BTreeMap<String, RuleCounts> {
+        &self.counts
+    }
+
+    /// Forgets a customer who opted out, here and on disk.
+    pub fn forget(&mut self, customer: &str) {
+        self.caps.last_fired.retain(|(_, c), _| c != customer);
+        self.caps.visits.remove(customer);
+        self.caps.enters.remove(customer);
+        if let Some(s) = &self.store {
+            if let Err(e) = s.forget_customer(customer) {
+                tracing::error!(error = %e, "cannot remove an opted-out customer's offer caps");
+            }
+        }
+    }
+
+    /// Handles one pipeline event; returns the offer it triggers, if any. Only customers still in
+    /// the directory — opted in at this very moment — are considered.
+    pub fn on_event(&mut self, core: &Core, e: &Event) -> Option<Triggered> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let Event::Visit(v) = e else { return None };
+        let Subject::Customer(key) = v.subject else {
+            return None;
+        };
+        let customer = core.directory().customer(key)?;
+        let zone = &core.engine().zones()[v.zone as usize].id;
+        let facts = Facts {
+            customer: &customer.id,
+            segments: &customer.segments,
+            zone,
+            event: match v.kind {
+                VisitKind::Enter => PresenceKind::Enter,
+                VisitKind::Dwell { mark_s } => PresenceKind::Dwell(mark_s),
+                VisitKind::Exit { .. } => PresenceKind::Exit,
+            },
+            at: v.at,
+            entered_at: v.entered_at,
+        };
+        let decision = self.rules.handle(&mut self.caps, &facts);
+        if v.at.0 % 60_000 < 1_000 {
+            self.rules.prune(&mut self.caps, v.at);
+        }
+        for (id, o) in &decision.outcomes {
+            let c = self.counts.entry(id.clone()).or_default();
+            match o {
+                Outcome::Fired => c.fired += 1,
+                Outcome::Cooldown { .. }
+                | Outcome::BudgetSpent
+                | Outcome::VisitLimit
+                | Outcome::RateLimit => c.capped += 1,
+                Outcome::Outranked(_) => c.outranked += 1,
+                Outcome::NotInSegments
+                | Outcome::ExcludedSegment(_)
+                | Outcome::OutsideDays
+                | Outcome::OutsideHours
+                | Outcome::QuietHours => c.held += 1,
+                Outcome::OtherZone | Outcome::OtherTrigger | Outcome::TooFewVisits { .. } => {}
+            }
+        }
+        let trigger = decision.trigger.clone();
+        if let (Some(store), Some(t)) = (&self.store, &trigger) {
+            // Durable before it leaves: if this fails, not firing is the safe side.
+            if let Err(e) = store.apply(&decision.writes) {
+                tracing::error!(error = %e, offer = %t.offer_id,
+                    "cannot persist offer caps; not firing this offer");
+                return None;
+            }
+        } else if let Some(store) = &self.store {
+            if !decision.writes.is_empty() {
+                if let Err(e) = store.apply(&decision.writes) {
+                    tracing::warn!(error = %e, "cannot persist visit counts for offers");
+                }
+            }
+        }
+        if let Some(log) = &mut self.log {
+            let owned = Facts {
+                customer: leak(facts.customer),
+                segments: Box::leak(facts.segments.to_vec().into_boxed_slice()),
+                zone: leak(facts.zone),
+                ..facts
+            };
+            log.push((owned, decision));
+        }
+        trigger
+    }
+}
