@@ -124,7 +124,7 @@ pub async fn run_with(
     let mut core = Core::new(engine, directory, &hubs, rand::random())
         .with_app_tokens(app_uuid, cfg.identity.token_epoch_s as u32);
     let (cmd_tx, cmd_rx) = mpsc::channel::<CoreCommand>(COMMAND_QUEUE);
-    let mut offers = open_offers(&cfg)?;
+    let mut offers = open_offers(&cfg, opened.start())?;
 
     // Sinks: MQTT when enabled, the local sink unless MQTT replaces it, fed by one tee.
     let warm_end = opened.start().plus_secs(opts.warm_start_s);
@@ -461,7 +461,8 @@ fn records_of(core: &Core, offers: &mut OfferStage, e: &crate::presence::Event) 
 }
 
 /// The offers stage, with its caps on disk when there are rules.
-fn open_offers(cfg: &Config) -> Result<OfferStage, DaemonError> {
+/// `now` is the source's time (simulated and recorded time are not the wall clock), for pruning.
+fn open_offers(cfg: &Config, now: crate::time::Timestamp) -> Result<OfferStage, DaemonError> {
     let stage = OfferStage::new(cfg);
     if cfg.offers.is_empty() {
         return Ok(stage);
@@ -478,9 +479,7 @@ fn open_offers(cfg: &Config) -> Result<OfferStage, DaemonError> {
         tracing::error!(moved_to = %path.display(), error = %why,
             "offer caps would not open; moved aside, starting with no caps");
     }
-    stage
-        .with_store(store, crate::time::Timestamp::now())
-        .map_err(|e| err(e.to_string()))
+    stage.with_store(store, now).map_err(|e| err(e.to_string()))
 }
 
 /// Re-reads the config on SIGHUP. A config with problems is rejected with every problem named by

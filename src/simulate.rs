@@ -81,6 +81,22 @@ pub struct Report {
     pub engine: Metrics,
     /// The naive baseline's scores.
     pub baseline: Metrics,
+    /// Offer triggers of the scenario's `[[offers]]`, when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offers: Option<OfferReport>,
+}
+
+/// What the scenario's offer rules did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OfferReport {
+    /// Triggers in all.
+    pub triggers: u64,
+    /// Customers who got at least one.
+    pub customers: u64,
+    /// Per rule: fired, capped, outranked, held.
+    pub rules: std::collections::BTreeMap<String, crate::offers::stage::RuleCounts>,
+    /// Triggers of an offer to a customer who had it within its cooldown: must be 0.
+    pub repeats_within_cooldown: u64,
 }
 
 /// A visit the engine reported: zone, start and end (simulated ms).
@@ -158,6 +174,29 @@ pub fn run_tuned(
     let started = std::time::Instant::now();
     let mut presence = scenario.presence.clone();
     presence.filter = kind;
+    let cfg = scenario.as_config();
+    let mut offers = crate::offers::stage::OfferStage::new(&cfg);
+    let cooldowns: HashMap<String, u64> = cfg
+        .offers
+        .iter()
+        .map(|o| (o.id.clone(), o.cooldown_s * 1000))
+        .collect();
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
+    let mut report = OfferReport::default();
+    let mut offered = std::collections::HashSet::new();
+    let mut on_event = |core: &Core, e: &Event| {
+        on_event(core, e);
+        if let Some(t) = offers.on_event(core, e) {
+            report.triggers += 1;
+            offered.insert(t.customer_id.clone());
+            let key = (t.offer_id.clone(), t.customer_id.clone());
+            if let Some(prev) = last.insert(key, t.at.0) {
+                if t.at.0 < prev + cooldowns.get(&t.offer_id).copied().unwrap_or(0) {
+                    report.repeats_within_cooldown += 1;
+                }
+            }
+        }
+    };
     let mut sim = Simulation::new(scenario);
     let mut params = EngineParams::from_config(&presence);
     params.filter = tuning;
@@ -183,6 +222,8 @@ pub fn run_tuned(
     baseline.finish(end_ms);
 
     let (customers, hours) = customer_time(&sim, end_ms);
+    report.customers = offered.len() as u64;
+    report.rules = offers.counts().clone();
     Report {
         scenario: sim.scenario().name.clone(),
         filter: presence.filter,
@@ -193,6 +234,7 @@ pub fn run_tuned(
         wall_s: started.elapsed().as_secs_f64(),
         engine: score(&sim, &engine.core, &engine.visits, end_ms),
         baseline: score(&sim, &baseline.core, &baseline.visits, end_ms),
+        offers: (!cfg.offers.is_empty()).then_some(report),
     }
 }
 
@@ -373,6 +415,18 @@ impl Report {
         ];
         for (name, x, y) in rows {
             s.push_str(&format!("{name:<26} {x:>12.3} {y:>12.3}\n"));
+        }
+        if let Some(o) = &self.offers {
+            s.push_str(&format!(
+                "\noffers: {} triggers to {} customers, {} repeats within cooldown\n{:<26} {:>8} {:>8} {:>9} {:>8}\n",
+                o.triggers, o.customers, o.repeats_within_cooldown, "rule", "fired", "capped", "outranked", "held"
+            ));
+            for (id, c) in &o.rules {
+                s.push_str(&format!(
+                    "{id:<26} {:>8} {:>8} {:>9} {:>8}\n",
+                    c.fired, c.capped, c.outranked, c.held
+                ));
+            }
         }
         s
     }

@@ -209,6 +209,8 @@ fn demo_shows_a_live_feed_and_headcounts_when_piped() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("entered"), "{text}");
     assert!(text.contains("customers in zone now"), "{text}");
+    // The supermarket's offer rules fire as customers move.
+    assert!(text.contains("OFFER"), "{text}");
     // Piped output is plain lines: no cursor movement.
     assert!(!text.contains("\x1b["), "{text}");
 }

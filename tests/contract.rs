@@ -44,6 +44,7 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
     let status = validator(&doc, "status");
     let stats = validator(&doc, "stats");
     let beacons = validator(&doc, "beacons");
+    let offer = validator(&doc, "offer");
 
     let sc = Scenario::load("builtin:supermarket").unwrap();
     let mut cfg = sc.as_config();
@@ -55,6 +56,7 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
         beacond::sink::spool::Spool::open(&dir.path().join("s"), 1 << 20, 1 << 20).unwrap();
     let mut counts = std::collections::HashMap::new();
     let mut periodic_checked = 0;
+    let mut offers = beacond::offers::stage::OfferStage::new(&cfg);
     beacond::simulate::run(sc, None, |core, e| {
         // Periodic records, built from the same core at a few points of the run.
         if let beacond::presence::Event::Headcount(h) = e {
@@ -100,12 +102,25 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
         check(v, &m.payload, kind);
         let event = serde_json::from_slice::<Value>(&m.payload).unwrap()["event"].clone();
         *counts.entry(format!("{kind}/{event}")).or_insert(0) += 1;
+        // The supermarket's offer rules, as the daemon runs them.
+        if let Some(t) = offers.on_event(core, e) {
+            let m = settings.message(&beacond::sink::Record::Offer(t)).unwrap();
+            assert_eq!(m.topic, topics.offers);
+            assert_eq!(m.qos, 1);
+            check(&offer, &m.payload, "offer");
+            let trigger =
+                serde_json::from_slice::<Value>(&m.payload).unwrap()["reason"]["trigger"].clone();
+            *counts.entry(format!("offer/{trigger}")).or_insert(0) += 1;
+        }
     });
     for kind in [
         "presence/\"enter\"",
         "presence/\"dwell\"",
         "presence/\"exit\"",
         "headcount/null",
+        "offer/\"enter\"",
+        "offer/\"dwell\"",
+        "offer/\"exit\"",
     ] {
         assert!(
             counts.get(kind).copied().unwrap_or(0) > 0,

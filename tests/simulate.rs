@@ -135,3 +135,29 @@ fn scenario_errors_name_the_line_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn supermarket_offers_fire_per_rule_and_never_repeat_within_cooldown() {
+    let r = report("supermarket");
+    let o = r.offers.expect("the supermarket has offer rules");
+    assert!(o.triggers > 50, "{o:?}");
+    assert_eq!(o.repeats_within_cooldown, 0);
+    assert!(o.rules["fresh-bread"].fired > 0);
+    assert!(
+        o.rules["fresh-bread"].capped > 0,
+        "re-entries within the hour are capped"
+    );
+    assert!(o.rules["wine-club"].fired > 0);
+    assert!(
+        o.rules["wine-club"].held > 0,
+        "non-club or under-18 customers are held back"
+    );
+    assert_eq!(
+        o.rules["deli-lunch"].fired, 0,
+        "the simulated morning is outside its hours"
+    );
+    assert!(o.rules["deli-lunch"].held > 0);
+    assert!(o.rules["thanks"].fired <= 25, "its daily budget");
+    // One offer per presence event at most, and at most max_per_visit (2) per customer visit.
+    assert!(o.triggers <= 2 * o.customers);
+}

@@ -151,7 +151,7 @@ impl Simulation {
                 directory.add_customer(
                     Customer {
                         id: id.clone(),
-                        segments: vec![],
+                        segments: sim_segments(known),
                     },
                     &[BeaconId::IBeacon {
                         uuid: FOB_UUID,
@@ -571,6 +571,19 @@ fn truth_segments(sc: &Scenario, s: &Shopper) -> Vec<(u64, u64, Option<u16>)> {
     out
 }
 
+/// Segments of the simulated customers, fixed by their number so offer rules have something to
+/// include and exclude: every other customer is in the loyalty `club`, one in ten is `under-18`.
+fn sim_segments(n: u32) -> Vec<String> {
+    let mut s = Vec::new();
+    if n % 2 == 0 {
+        s.push("club".to_owned());
+    }
+    if n % 10 == 3 {
+        s.push("under-18".to_owned());
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,3 +704,4 @@ entrance = [0.0, 0.0]
         assert!(near.len() > 400, "{}", near.len());
     }
 }
+

@@ -57,6 +57,12 @@ pub struct Scenario {
     /// Presence engine settings, as in the daemon's config.
     #[serde(default)]
     pub presence: PresenceConfig,
+    /// Offer rules, as in the daemon's config (the simulated store runs them on its customers).
+    #[serde(default)]
+    pub offers: Vec<crate::config::OfferConfig>,
+    /// Offer caps, as in the daemon's config.
+    #[serde(default)]
+    pub offer_limits: crate::config::OfferLimits,
 }
 
 fn default_seed() -> u64 {
@@ -343,6 +349,8 @@ impl Scenario {
         }
         cfg.zones = self.zones.clone();
         cfg.presence = self.presence.clone();
+        cfg.offers = self.offers.clone();
+        cfg.offer_limits = self.offer_limits.clone();
         cfg.mqtt.enabled = false;
         cfg
     }

