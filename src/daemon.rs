@@ -418,6 +418,11 @@ async fn run_core(
                     }
                 }
                 CoreCommand::SyncReport(r) => core.set_sync_report(r),
+                CoreCommand::Notice { key, message } => {
+                    if tx.send(Record::Notice { key, message }).await.is_err() {
+                        return;
+                    }
+                }
                 CoreCommand::Tokens(t) => core.install_tokens(t),
                 CoreCommand::Reload(cfg) => {
                     core.reconfigure(&cfg, clock.now().min(mark), &mut events);
@@ -509,9 +514,26 @@ async fn reload_on_hangup(
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("config reload rejected, the running config stays:\n{e}");
+                let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+                let notice = CoreCommand::Notice {
+                    key: "reload".into(),
+                    message: Some(format!(
+                        "config reload rejected, running the previous config: {first}"
+                    )),
+                };
+                if commands.send(notice).await.is_err() {
+                    return;
+                }
                 continue;
             }
         };
+        let clear = CoreCommand::Notice {
+            key: "reload".into(),
+            message: None,
+        };
+        if commands.send(clear).await.is_err() {
+            return;
+        }
         let restart_needed: Vec<&str> = [
             ("hub", new.hub != current.hub),
             ("scan", new.scan != current.scan),

@@ -57,6 +57,13 @@ pub enum CoreCommand {
     Tokens(TokenTable),
     /// A reloaded, validated config: zones and presence parameters take effect now.
     Reload(Box<crate::config::Config>),
+    /// A running problem for the hub's status (or its end), passed on to the sinks in order.
+    Notice {
+        /// What it is about.
+        key: String,
+        /// The problem, or `None` once over.
+        message: Option<String>,
+    },
 }
 
 /// What the sync stage reports for `stats`.

@@ -185,3 +185,73 @@ fn triggers_go_to_the_offers_topic_through_the_spool() {
         assert!(["enter", "dwell", "exit"].contains(&v["cause"]["event"].as_str().unwrap()));
     }
 }
+
+#[test]
+fn reload_changes_the_rules_and_a_rejected_reload_shows_in_the_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform", "beacond/#", true);
+    let cfg = config(dir.path(), Some(&broker.url()), 30.0);
+    let mut d = common::start_daemon(&cfg);
+    let offers_of = |m: &[(String, Value, bool)], id: &str| {
+        m.iter()
+            .filter(|(t, v, _)| t.ends_with("/offers") && v["offer_id"] == id)
+            .count()
+    };
+    sub.wait_for("fresh-bread offers", Duration::from_secs(60), |m| {
+        offers_of(m, "fresh-bread") >= 2
+    });
+    let last_status = |m: &[(String, Value, bool)]| {
+        m.iter()
+            .rev()
+            .find(|(t, _, _)| t.ends_with("/status"))
+            .map(|(_, v, _)| v.clone())
+            .unwrap()
+    };
+
+    // A bad rule: rejected, and the platform sees why in the retained status.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace("hours = \"11:30-14:00\"", "hours = \"11:30-25:00\""),
+    )
+    .unwrap();
+    signal(&d, "-HUP");
+    sub.wait_for(
+        "the rejection in the status",
+        Duration::from_secs(20),
+        |m| {
+            last_status(m)["warnings"].as_array().is_some_and(|w| {
+                w.iter().any(|s| {
+                    let s = s.as_str().unwrap();
+                    s.starts_with("config reload rejected") && s.contains("offers[2].hours")
+                })
+            })
+        },
+    );
+    assert_eq!(last_status(&sub.messages())["state"], "online");
+
+    // A good one without the bread rule: applied, the warning cleared, no bread offers after it.
+    let mut without: beacond::config::Config = toml::from_str(&good).unwrap();
+    without.offers.retain(|o| o.id != "fresh-bread");
+    std::fs::write(&cfg, toml::to_string(&without).unwrap()).unwrap();
+    signal(&d, "-HUP");
+    sub.wait_for("the warning cleared", Duration::from_secs(20), |m| {
+        last_status(m).get("warnings").is_none()
+    });
+    let bread = offers_of(&sub.messages(), "fresh-bread");
+    let others = sub
+        .messages()
+        .iter()
+        .filter(|(t, _, _)| t.ends_with("/offers"))
+        .count();
+    sub.wait_for(
+        "more offers after the reload",
+        Duration::from_secs(60),
+        |m| m.iter().filter(|(t, _, _)| t.ends_with("/offers")).count() >= others + 3,
+    );
+    assert_eq!(offers_of(&sub.messages(), "fresh-bread"), bread);
+    assert!(d.try_wait().unwrap().is_none());
+    signal(&d, "-TERM");
+    assert!(d.wait().unwrap().success());
+}

@@ -38,6 +38,14 @@ pub enum Record {
     /// them. Never published or printed.
     #[serde(skip)]
     Purge(Vec<String>),
+    /// A running problem for the hub's status (`message`), or its end (`None`). Never printed.
+    #[serde(skip)]
+    Notice {
+        /// What it is about (`reload`).
+        key: String,
+        /// The problem, or `None` once it is over.
+        message: Option<String>,
+    },
 }
 
 impl Record {
@@ -49,7 +57,7 @@ impl Record {
             Record::Stats(s) => s.end,
             Record::Beacons(b) => b.at,
             Record::Offer(o) => o.at,
-            Record::Purge(_) => Timestamp(0),
+            Record::Purge(_) | Record::Notice { .. } => Timestamp(0),
         }
     }
 }

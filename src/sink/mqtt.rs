@@ -124,6 +124,8 @@ pub struct Settings {
     started_at: Timestamp,
     config_hash: String,
     warnings: Vec<String>,
+    /// Problems that come and go while running (a rejected reload), by key; shared by clones.
+    notices: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
 /// The Last Will: the broker publishes it (retained) when the hub vanishes without a goodbye.
@@ -256,6 +258,7 @@ impl Settings {
             started_at: Timestamp::now(),
             config_hash,
             warnings: Vec::new(),
+            notices: Default::default(),
         })
     }
 
@@ -263,6 +266,19 @@ impl Settings {
     /// be moved aside), until the daemon restarts.
     pub fn warn(&mut self, warning: String) {
         self.warnings.push(warning);
+    }
+
+    /// Sets (or with `None` clears) a running problem shown in the retained status's `warnings`.
+    pub fn set_notice(&self, key: &str, message: Option<String>) {
+        let mut n = self.notices.lock().expect("notices lock");
+        match message {
+            Some(m) => {
+                n.insert(key.to_owned(), m);
+            }
+            None => {
+                n.remove(key);
+            }
+        }
     }
 
     /// The topics.
@@ -285,8 +301,10 @@ impl Settings {
         if let Some(r) = reason {
             v["reason"] = Value::String(r.to_owned());
         }
-        if !self.warnings.is_empty() {
-            v["warnings"] = json!(self.warnings);
+        let mut warnings = self.warnings.clone();
+        warnings.extend(self.notices.lock().expect("notices lock").values().cloned());
+        if !warnings.is_empty() {
+            v["warnings"] = json!(warnings);
         }
         serde_json::to_vec(&v).expect("JSON of strings")
     }
@@ -312,7 +330,7 @@ impl Settings {
                 1,
                 Some(o.customer_id.clone()),
             ),
-            Record::Purge(_) => return None,
+            Record::Purge(_) | Record::Notice { .. } => return None,
         };
         let mut envelope = serde_json::Map::new();
         envelope.insert("schema".into(), json!(SCHEMA_VERSION));
@@ -366,6 +384,7 @@ pub async fn run(
 ) {
     let spool = Arc::new(tokio::sync::Mutex::new(spool));
     let wake = Arc::new(Notify::new());
+    let status_changed = Arc::new(Notify::new());
     let (finish_tx, finish_rx) = tokio::sync::watch::channel(false);
     let mut connection = tokio::spawn(connect_loop(
         settings.clone(),
@@ -375,6 +394,7 @@ pub async fn run(
         sync,
         shutdown,
         finish_rx,
+        status_changed.clone(),
     ));
     // Ingest: gather what arrives within INGEST_WINDOW into one flushed spool write. Every flush writes
     // whole blocks, so on an SD card a flush per event would cost kilobytes each; a record that is
@@ -391,6 +411,11 @@ pub async fn run(
         }
         let mut purge: Vec<String> = Vec::new();
         for r in &pending {
+            if let Record::Notice { key, message } = r {
+                settings.set_notice(key, message.clone());
+                status_changed.notify_one();
+                continue;
+            }
             if let Record::Purge(ids) = r {
                 // An opt-out: what this window still holds about them never reaches the spool, and
                 // what the spool holds is removed below.
@@ -482,6 +507,7 @@ async fn connect_loop(
     sync: Option<SyncLink>,
     mut shutdown: Shutdown,
     finish: tokio::sync::watch::Receiver<bool>,
+    status_changed: Arc<Notify>,
 ) {
     let (sync_in, mut sync_requests) = match sync {
         Some(l) => (Some(l.inbound), Some(l.requests)),
@@ -625,6 +651,14 @@ async fn connect_loop(
                 }
             },
             _ = wake.notified(), if connected => {}
+            _ = status_changed.notified(), if connected => {
+                if client
+                    .try_publish(settings.topics.status.clone(), QoS::AtLeastOnce, true, settings.status("online", None))
+                    .is_ok()
+                {
+                    handed.push_back(None);
+                }
+            }
             req = recv_some(&mut sync_requests), if connected => {
                 if let Some(payload) = req {
                     if client

@@ -67,7 +67,9 @@ impl Board {
                         .unwrap_or_default()
                 ))
             }
-            Record::Stats(_) | Record::Beacons(_) | Record::Purge(_) => None,
+            Record::Stats(_) | Record::Beacons(_) | Record::Purge(_) | Record::Notice { .. } => {
+                None
+            }
         }
     }
 

@@ -704,4 +704,3 @@ entrance = [0.0, 0.0]
         assert!(near.len() > 400, "{}", near.len());
     }
 }
-
