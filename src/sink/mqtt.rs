@@ -389,12 +389,14 @@ pub async fn run(
     let mut connection = tokio::spawn(connect_loop(
         settings.clone(),
         spool.clone(),
-        wake.clone(),
+        Wakers {
+            spool: wake.clone(),
+            status: status_changed.clone(),
+        },
         health.clone(),
         sync,
         shutdown,
         finish_rx,
-        status_changed.clone(),
     ));
     // Ingest: gather what arrives within INGEST_WINDOW into one flushed spool write. Every flush writes
     // whole blocks, so on an SD card a flush per event would cost kilobytes each; a record that is
@@ -502,13 +504,16 @@ fn backoff(attempt: u32) -> Duration {
 async fn connect_loop(
     settings: Settings,
     spool: Arc<tokio::sync::Mutex<Spool>>,
-    wake: Arc<Notify>,
+    wakers: Wakers,
     health: Arc<Mutex<Health>>,
     sync: Option<SyncLink>,
     mut shutdown: Shutdown,
     finish: tokio::sync::watch::Receiver<bool>,
-    status_changed: Arc<Notify>,
 ) {
+    let Wakers {
+        spool: wake,
+        status: status_changed,
+    } = wakers;
     let (sync_in, mut sync_requests) = match sync {
         Some(l) => (Some(l.inbound), Some(l.requests)),
         None => (None, None),
@@ -671,6 +676,14 @@ async fn connect_loop(
             }
         }
     }
+}
+
+/// What wakes the connection besides the broker.
+struct Wakers {
+    /// New messages in the spool.
+    spool: Arc<Notify>,
+    /// The status changed (a notice set or cleared): republish it.
+    status: Arc<Notify>,
 }
 
 /// The next item of an optional channel; never resolves without one (or once it is closed).
