@@ -185,6 +185,11 @@ enum Command {
         #[arg(long)]
         write: bool,
     },
+    /// Offer rules: see what they would do.
+    Offers {
+        #[command(subcommand)]
+        action: OffersAction,
+    },
     /// Make a platform signing key for testing sync: writes the secret to FILE, prints the public key
     /// to put in identity.platform_public_key.
     SyncKeygen {
@@ -286,6 +291,26 @@ impl SourceArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum OffersAction {
+    /// Which rules fire for one customer's simulated visit, and why the others do not (zone,
+    /// trigger, segment, days, hours, quiet hours, cooldown, budget, visit limit, priority).
+    Explain {
+        /// The customer (in the simulated store: cust-00001, cust-00002, …).
+        #[arg(long)]
+        customer: String,
+        /// The simulated store (its zones, shoppers and, without --config, its offer rules).
+        #[arg(long, default_value = "supermarket")]
+        scenario: String,
+        /// Take the [[offers]], [offer_limits] and hub.timezone of this config instead.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Pretend the customer is in these segments (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        segments: Option<Vec<String>>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum CacheAction {
     /// Customers, applied sync sequence, bytes on disk.
     Stats,
@@ -372,6 +397,15 @@ fn main() -> ExitCode {
             files,
         } => sync_publish(&key, &url, &prefix, chunk_size, print, &files),
         Command::SyncKeygen { file } => sync_keygen(&file),
+        Command::Offers {
+            action:
+                OffersAction::Explain {
+                    customer,
+                    scenario,
+                    config,
+                    segments,
+                },
+        } => offers_explain(&customer, &scenario, config.as_deref(), segments),
         Command::Scan {
             source,
             sort,
@@ -904,6 +938,61 @@ fn finish(r: Result<(), beacond::field::FieldError>) -> anyhow::Result<ExitCode>
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("beacond: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn offers_explain(
+    customer: &str,
+    scenario: &str,
+    config: Option<&std::path::Path>,
+    segments: Option<Vec<String>>,
+) -> anyhow::Result<ExitCode> {
+    let mut sc = match beacond::scan::sim::Scenario::load(&scenario_spec(scenario)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut timezone = "UTC".to_owned();
+    if let Some(path) = config {
+        let cfg = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let zones: Vec<&str> = sc.zones.iter().map(|z| z.id.as_str()).collect();
+        for o in &cfg.offers {
+            if let Some(z) = o.zones.iter().find(|z| !zones.contains(&z.as_str())) {
+                eprintln!(
+                    "beacond offers explain: offer {:?} uses zone {z:?}, which scenario {} does not have (zones: {}); it will never match",
+                    o.id,
+                    sc.name,
+                    zones.join(", ")
+                );
+            }
+        }
+        sc.offers = cfg.offers;
+        sc.offer_limits = cfg.offer_limits;
+        timezone = cfg.hub.timezone;
+    }
+    if sc.offers.is_empty() {
+        eprintln!("beacond offers explain: no [[offers]] rules to explain");
+        return Ok(ExitCode::from(2));
+    }
+    match beacond::offers::stage::explain(sc, customer, segments, &timezone) {
+        Some(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "beacond offers explain: customer {customer:?} has no presence event in the simulated store; simulated customers are cust-00001, cust-00002, …"
+            );
             Ok(ExitCode::FAILURE)
         }
     }

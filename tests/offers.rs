@@ -255,3 +255,50 @@ fn reload_changes_the_rules_and_a_rejected_reload_shows_in_the_status() {
     signal(&d, "-TERM");
     assert!(d.wait().unwrap().success());
 }
+
+#[test]
+fn offers_explain_shows_what_fired_and_why_the_rest_did_not() {
+    let out = assert_cmd::Command::cargo_bin("beacond")
+        .unwrap()
+        .args(["offers", "explain", "--customer", "cust-00004"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("customer cust-00004 (segments: club)"),
+        "{text}"
+    );
+    for line in [
+        "FIRES cheese-pairing",
+        "FIRES fresh-bread",
+        "fresh-bread              capped: cooldown until 2026-01-05T10:05:06.267Z",
+        "deli-lunch               outside its hours",
+        "per rule over the visit:",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    // Segments can be tried out: as under-18 the wine club never fires.
+    let out = assert_cmd::Command::cargo_bin("beacond")
+        .unwrap()
+        .args([
+            "offers",
+            "explain",
+            "--customer",
+            "cust-00004",
+            "--segments",
+            "club,under-18",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("FIRES wine-club"));
+    // An unknown customer is named, with what the simulated ones are called.
+    let out = assert_cmd::Command::cargo_bin("beacond")
+        .unwrap()
+        .args(["offers", "explain", "--customer", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("simulated customers are cust-00001"));
+}

@@ -380,7 +380,7 @@ impl Rules {
         self.local(t).format("%Y-%m-%d").to_string()
     }
 
-    fn local(&self, t: Timestamp) -> chrono::DateTime<chrono_tz::Tz> {
+    pub(crate) fn local(&self, t: Timestamp) -> chrono::DateTime<chrono_tz::Tz> {
         chrono::DateTime::from_timestamp_millis(t.0 as i64)
             .unwrap_or_default()
             .with_timezone(&self.tz)

@@ -97,6 +97,17 @@ impl OfferStage {
     /// Handles one pipeline event; returns the offer it triggers, if any. Only customers still in
     /// the directory — opted in at this very moment — are considered.
     pub fn on_event(&mut self, core: &Core, e: &Event) -> Option<Triggered> {
+        self.on_event_as(core, e, None)
+    }
+
+    /// [`OfferStage::on_event`], with the customer's segments replaced by `segments` when given
+    /// (`beacond offers explain --segments`).
+    pub fn on_event_as(
+        &mut self,
+        core: &Core,
+        e: &Event,
+        segments: Option<&[String]>,
+    ) -> Option<Triggered> {
         if self.rules.is_empty() {
             return None;
         }
@@ -108,7 +119,7 @@ impl OfferStage {
         let zone = &core.engine().zones()[v.zone as usize].id;
         let facts = Facts {
             customer: &customer.id,
-            segments: &customer.segments,
+            segments: segments.unwrap_or(&customer.segments),
             zone,
             event: match v.kind {
                 VisitKind::Enter => PresenceKind::Enter,
@@ -165,4 +176,90 @@ impl OfferStage {
         }
         trigger
     }
+}
+
+/// `beacond offers explain`: every presence event of `customer` in a simulated store, and what each
+/// rule made of it. Returns the report's text, or `None` if the customer never appeared.
+pub fn explain(
+    scenario: crate::scan::sim::Scenario,
+    customer: &str,
+    segments: Option<Vec<String>>,
+    timezone: &str,
+) -> Option<String> {
+    use std::fmt::Write;
+    let mut cfg = scenario.as_config();
+    cfg.hub.timezone = timezone.to_owned();
+    let mut stage = OfferStage::new(&cfg);
+    stage.log = Some(Vec::new());
+    let mut own_segments: Option<Vec<String>> = None;
+    crate::simulate::run(scenario, None, |core, e| {
+        let Event::Visit(v) = e else { return };
+        let Subject::Customer(k) = v.subject else {
+            return;
+        };
+        let Some(c) = core.directory().customer(k) else {
+            return;
+        };
+        // Only this customer's events feed the stage: the explanation is about their visit alone
+        // (a real hub's rate limit also counts everyone else's offers).
+        if c.id == customer {
+            own_segments.get_or_insert_with(|| c.segments.clone());
+            stage.on_event_as(core, e, segments.as_deref());
+        }
+    });
+    let log = stage.log.take().unwrap_or_default();
+    if log.is_empty() {
+        return None;
+    }
+    let shown = segments.or(own_segments).unwrap_or_default();
+    let mut out =
+        format!(
+        "customer {customer} (segments: {}) — {} presence events, rules in {timezone} local time\n",
+        if shown.is_empty() { "none".to_owned() } else { shown.join(", ") },
+        log.len()
+    );
+    let mut summary: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    for (facts, decision) in &log {
+        let local = stage_local(&stage.rules, facts.at);
+        let what = match facts.event {
+            PresenceKind::Dwell(s) => format!("dwell {s} s"),
+            other => other.as_str().to_owned(),
+        };
+        let _ = writeln!(out, "\n{local}  {what} in {}", facts.zone);
+        for (id, o) in &decision.outcomes {
+            *summary
+                .entry(id.clone())
+                .or_default()
+                .entry(o.describe())
+                .or_default() += 1;
+            if matches!(o, Outcome::OtherZone | Outcome::OtherTrigger) {
+                continue;
+            }
+            let mark = if *o == Outcome::Fired {
+                "FIRES "
+            } else {
+                "      "
+            };
+            let _ = writeln!(out, "  {mark}{id:<24} {}", o.describe());
+        }
+    }
+    let _ = writeln!(out, "\nper rule over the visit:");
+    for (id, reasons) in summary {
+        let fired = reasons.get("fired").copied().unwrap_or(0);
+        let why: Vec<String> = reasons
+            .iter()
+            .filter(|(r, _)| r.as_str() != "fired")
+            .map(|(r, n)| format!("{r} ×{n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {id:<24} fired {fired}×; otherwise: {}",
+            why.join("; ")
+        );
+    }
+    Some(out)
+}
+
+fn stage_local(rules: &Rules, t: crate::time::Timestamp) -> String {
+    rules.local(t).format("%a %Y-%m-%d %H:%M:%S").to_string()
 }
