@@ -211,3 +211,67 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_written_are_caps_read_after_a_reopen_and_opt_outs_are_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offers");
+        let writes = vec![
+            CapWrite::Fired {
+                offer: "wine".into(),
+                customer: "c-1".into(),
+                at: 42,
+            },
+            CapWrite::Fired {
+                offer: "wine".into(),
+                customer: "c-2".into(),
+                at: 43,
+            },
+            CapWrite::Daily {
+                offer: "wine".into(),
+                date: "2026-11-25".into(),
+                count: 7,
+            },
+            CapWrite::Visit {
+                customer: "c-1".into(),
+                visit: StoreVisit {
+                    start: 1,
+                    last: 2,
+                    offers: 1,
+                },
+            },
+            CapWrite::Enters {
+                customer: "c-1".into(),
+                enters: vec![("wine".into(), 40)],
+            },
+        ];
+        {
+            let (s, aside) = Store::open(&path).unwrap();
+            assert!(aside.is_none());
+            s.apply(&writes).unwrap();
+            // A second process must not use it at the same time.
+            assert!(matches!(Store::open(&path), Err(StoreError::Locked(_))));
+        }
+        let (s, _) = Store::open(&path).unwrap();
+        let caps = s.load().unwrap();
+        assert_eq!(caps.last_fired[&("wine".into(), "c-1".into())], 42);
+        assert_eq!(caps.daily[&("wine".into(), "2026-11-25".into())], 7);
+        assert_eq!(caps.visits["c-1"].offers, 1);
+        assert_eq!(caps.enters["c-1"], vec![("wine".to_string(), 40)]);
+        s.forget_customer("c-1").unwrap();
+        let caps = s.load().unwrap();
+        assert!(!caps.last_fired.contains_key(&("wine".into(), "c-1".into())));
+        assert!(caps.last_fired.contains_key(&("wine".into(), "c-2".into())));
+        assert!(caps.visits.is_empty() && caps.enters.is_empty());
+        assert_eq!(caps.daily.len(), 1, "hub budgets are not the customer's");
+        // replace() keeps exactly what it is given.
+        let mut only = Caps::default();
+        only.daily.insert(("x".into(), "2026-11-26".into()), 1);
+        s.replace(&only).unwrap();
+        assert_eq!(s.load().unwrap(), only);
+    }
+}
