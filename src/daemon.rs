@@ -128,6 +128,33 @@ pub async fn run_with(
 
     // Sinks: MQTT when enabled, the local sink unless MQTT replaces it, fed by one tee.
     let warm_end = opened.start().plus_secs(opts.warm_start_s);
+    let mqtt_health = cfg
+        .mqtt
+        .enabled
+        .then(|| Arc::new(Mutex::new(MqttHealth::default())));
+    // The systemd watchdog stops being fed after as much silence as the scan watchdog needs to give
+    // up by itself: a quiet night is not a wedged daemon.
+    let progress = crate::health::Progress::new(3 * cfg.scan.watchdog_s);
+    progress
+        .mqtt_enabled
+        .store(cfg.mqtt.enabled, std::sync::atomic::Ordering::Relaxed);
+    let health = crate::health::Health {
+        progress: progress.clone(),
+        snapshot: Default::default(),
+        mqtt: mqtt_health.clone(),
+    };
+    health.snapshot.lock().expect("snapshot lock").source = opened.kind().to_owned();
+    if let Some(addr) = &cfg.health.listen {
+        let bound = crate::health::serve(addr, health.clone()).map_err(|e| DaemonError::Stage {
+            stage: "health.listen",
+            message: format!("{addr}: {e}"),
+        })?;
+        tracing::info!(%bound, "health endpoint: /metrics, /healthz, /status");
+    }
+    tokio::spawn(crate::health::notify_systemd(
+        health.clone(),
+        shutdown.clone(),
+    ));
     let mut sink_tasks = Vec::new();
     let mut outs: Vec<mpsc::Sender<Record>> = Vec::new();
     if cfg.mqtt.enabled {
@@ -161,7 +188,7 @@ pub async fn run_with(
             );
         }
         let link = start_sync(&cfg, &mut settings, cmd_tx.clone(), shutdown.clone())?;
-        let health = Arc::new(Mutex::new(MqttHealth::default()));
+        let health = mqtt_health.clone().expect("MQTT is on");
         let shutdown_for_mqtt = shutdown.clone();
         sink_tasks.push(tokio::spawn(async move {
             crate::sink::mqtt::run(settings, spool, rx, health, Some(link), shutdown_for_mqtt)
@@ -179,9 +206,11 @@ pub async fn run_with(
             }
         }));
     }
+    let tee_health = health.clone();
     let tee = tokio::spawn(async move {
         let mut rec_rx = rec_rx;
         while let Some(r) = rec_rx.recv().await {
+            tee_health.observe(&r);
             for o in &outs {
                 // A sink that went away (a closed terminal) must not stop the others.
                 let _ = o.send(r.clone()).await;
@@ -248,6 +277,7 @@ pub async fn run_with(
             watermark: mark_rx,
             commands: cmd_rx,
             command_tx: cmd_tx,
+            progress,
         },
         rec_tx,
         periodic,
@@ -374,6 +404,7 @@ async fn run_core(
         mut watermark,
         mut commands,
         command_tx: cmd_tx,
+        progress,
     } = inputs;
     let mut events = Vec::new();
     let mut source_gone = false;
@@ -393,6 +424,7 @@ async fn run_core(
             _ = shutdown.recv() => break,
             adv = rx.recv() => match adv {
                 Some(a) => {
+                    progress.advert();
                     core.handle_advert(&a, &mut events);
                     // Token tables for a new epoch are built off this task and sent back.
                     for job in core.poll_token_jobs(a.at) {
@@ -569,6 +601,8 @@ struct Inputs {
     commands: mpsc::Receiver<CoreCommand>,
     /// For token tables built in the background to come back.
     command_tx: mpsc::Sender<CoreCommand>,
+    /// Heartbeats for the systemd watchdog and /healthz.
+    progress: Arc<crate::health::Progress>,
 }
 
 /// The periodic `stats` and `beacons` records, on pipeline time.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod field;
+pub mod health;
 pub mod identity;
 pub mod logging;
 pub mod offers;

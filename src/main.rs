@@ -185,6 +185,15 @@ enum Command {
         #[arg(long)]
         write: bool,
     },
+    /// How the running daemon is doing, from its health endpoint ([health] listen): exit 0 when
+    /// healthy, 1 when not, 2 when it cannot be asked.
+    Status {
+        #[command(flatten)]
+        config: ConfigPath,
+        /// Print the daemon's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Offer rules: see what they would do.
     Offers {
         #[command(subcommand)]
@@ -397,6 +406,7 @@ fn main() -> ExitCode {
             files,
         } => sync_publish(&key, &url, &prefix, chunk_size, print, &files),
         Command::SyncKeygen { file } => sync_keygen(&file),
+        Command::Status { config, json } => status(&config.config, json),
         Command::Offers {
             action:
                 OffersAction::Explain {
@@ -996,4 +1006,89 @@ fn offers_explain(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Some(addr) = cfg.health.listen else {
+        eprintln!(
+            "beacond status: {} has no [health] listen; set listen = \"127.0.0.1:9187\" and reload",
+            path.display()
+        );
+        return Ok(ExitCode::from(2));
+    };
+    let url = format!("http://{addr}/status");
+    let body = match ureq::get(&url).call() {
+        Ok(mut r) => r.body_mut().read_to_string()?,
+        Err(e) => {
+            eprintln!("beacond status: cannot ask the daemon at {url}: {e}; is beacond running (systemctl status beacond)?");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let healthy = v["healthy"].as_bool().unwrap_or(false);
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "beacond {} — {} (up {} s)",
+            v["version"].as_str().unwrap_or("?"),
+            if healthy {
+                "healthy".to_owned()
+            } else {
+                format!(
+                    "UNHEALTHY: {}",
+                    v["unhealthy_reason"].as_str().unwrap_or("?")
+                )
+            },
+            v["uptime_s"]
+        );
+        println!(
+            "source {}: {} adverts ({} /s), {} decode errors",
+            v["source"].as_str().unwrap_or("?"),
+            v["adverts_total"],
+            v["adverts_per_s"],
+            v["decode_errors_total"]
+        );
+        println!(
+            "tracked {} ({} anonymous); offers fired {}",
+            v["tracked"], v["tracked_anonymous"], v["offers_total"]
+        );
+        if let Some(z) = v["zones"].as_object().filter(|z| !z.is_empty()) {
+            let zones: Vec<String> = z.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("zones (devices last interval): {}", zones.join(", "));
+        }
+        if let Some(m) = v["mqtt"].as_object() {
+            println!(
+                "mqtt {}, {} reconnects, spool {} waiting",
+                if m["connected"].as_bool() == Some(true) {
+                    "connected"
+                } else {
+                    "DISCONNECTED"
+                },
+                m["reconnects"],
+                m["spool_depth"]
+            );
+        }
+        if !v["sync_seq"].is_null() {
+            println!("customers {} (sync seq {})", v["customers"], v["sync_seq"]);
+        }
+        if let Some(sc) = v["scan"].as_object() {
+            println!(
+                "scan: {} watchdog restarts, {} power cycles, {} BlueZ devices removed",
+                sc["watchdog_restarts"], sc["watchdog_power_cycles"], sc["devices_removed"]
+            );
+        }
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

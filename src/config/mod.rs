@@ -35,6 +35,8 @@ pub struct Config {
     pub offers: Vec<OfferConfig>,
     /// Caps across all offers.
     pub offer_limits: OfferLimits,
+    /// The local health and metrics endpoint.
+    pub health: HealthConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -409,6 +411,14 @@ pub struct OfferConfig {
     /// The most triggers of this offer per local day on this hub; absent: no budget.
     #[serde(default)]
     pub daily_budget: Option<u32>,
+}
+
+/// `[health]`: the local HTTP endpoint for Prometheus, `/healthz` and `beacond status`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// `127.0.0.1:PORT` (or `[::1]:PORT`) to serve on; absent: no endpoint.
+    pub listen: Option<String>,
 }
 
 /// `[offer_limits]`: caps across all offers.

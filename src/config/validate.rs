@@ -26,6 +26,7 @@ pub fn validate(cfg: &Config) -> Problems {
     identity(cfg, &mut p);
     offers(cfg, &mut p);
     offer_limits(cfg, &mut p);
+    health(cfg, &mut p);
     log(cfg, &mut p);
     p
 }
@@ -585,6 +586,21 @@ fn offer_limits(cfg: &Config, p: &mut Problems) {
                 l.visit_gap_s
             ),
         ));
+    }
+}
+
+fn health(cfg: &Config, p: &mut Problems) {
+    let Some(l) = &cfg.health.listen else { return };
+    match l.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => {}
+        Ok(_) => p.push((
+            KeyPath::key("health").join("listen"),
+            format!("{l:?} is not a loopback address; the endpoint has no authentication, so it only listens on 127.0.0.1 or [::1] (scrape through a local agent)"),
+        )),
+        Err(_) => p.push((
+            KeyPath::key("health").join("listen"),
+            format!("{l:?} is not an address and port; use e.g. \"127.0.0.1:9187\""),
+        )),
     }
 }
 

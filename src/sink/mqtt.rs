@@ -112,6 +112,12 @@ pub struct Health {
     pub last_error: Option<String>,
     /// Messages acknowledged by the broker.
     pub acknowledged: u64,
+    /// Wall-clock ms of the connection loop's last round: a loop that stops going round is stuck.
+    pub last_loop_ms: u64,
+    /// Messages waiting in the spool.
+    pub spool_depth: u64,
+    /// Messages dropped because the spool was full, by class.
+    pub spool_dropped: std::collections::BTreeMap<String, u64>,
 }
 
 /// Everything the sink needs from the config, resolved (files read, URL parsed).
@@ -452,6 +458,20 @@ pub async fn run(
                 }
             }
         }
+        {
+            let st = s.stats();
+            let mut h = health.lock().expect("health lock");
+            h.spool_depth = s.depth();
+            for p in [
+                Priority::Stats,
+                Priority::Beacons,
+                Priority::Presence,
+                Priority::Offers,
+            ] {
+                h.spool_dropped
+                    .insert(p.as_str().to_owned(), st.dropped[p as usize]);
+            }
+        }
         drop(s);
         wake.notify_one();
     }
@@ -530,6 +550,7 @@ async fn connect_loop(
     // publish itself.
     let mut acked: Vec<u64> = Vec::with_capacity(WINDOW);
     loop {
+        health.lock().expect("health lock").last_loop_ms = Timestamp::now().0;
         if acked.len() >= WINDOW / 2 || (!acked.is_empty() && unacked.is_empty()) {
             let n = acked.len() as u64;
             if let Err(e) = spool.lock().await.remove(&acked) {

@@ -1,0 +1,506 @@
+//! Health for store IT and systemd: the progress the pipeline makes, the systemd notifications
+//! (READY, STATUS, WATCHDOG only while advertisements and the MQTT loop both make progress,
+//! STOPPING), and an optional local HTTP endpoint with Prometheus metrics, `/healthz` and `/status`
+//! (what `beacond status` prints).
+//!
+//! The decision whether the daemon is healthy ([`Progress::check`]) is pure: it takes `now`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::sink::Record;
+use crate::time::Timestamp;
+
+/// The MQTT loop iterates at least every keep-alive and every backoff step (at most 60 s); this much
+/// longer without an iteration means it is stuck.
+const MQTT_STALE_MS: u64 = 180_000;
+
+/// Heartbeats of the stages, shared by reference.
+#[derive(Debug)]
+pub struct Progress {
+    /// Wall-clock ms of the last advert the core handled.
+    pub last_advert: AtomicU64,
+    /// Wall-clock ms of the MQTT loop's last iteration.
+    pub last_mqtt: AtomicU64,
+    /// Whether MQTT is on at all.
+    pub mqtt_enabled: AtomicBool,
+    /// Whether the MQTT connection is up.
+    pub mqtt_connected: AtomicBool,
+    /// Silence (ms) after which the pipeline counts as wedged.
+    pub advert_stale_ms: u64,
+    started: u64,
+}
+
+impl Progress {
+    /// Heartbeats starting now; adverts may be silent for `advert_stale_s`.
+    pub fn new(advert_stale_s: u64) -> Arc<Progress> {
+        let now = Timestamp::now().0;
+        Arc::new(Progress {
+            last_advert: AtomicU64::new(now),
+            last_mqtt: AtomicU64::new(now),
+            mqtt_enabled: AtomicBool::new(false),
+            mqtt_connected: AtomicBool::new(false),
+            advert_stale_ms: advert_stale_s * 1000,
+            started: now,
+        })
+    }
+
+    /// The core handled an advert.
+    pub fn advert(&self) {
+        self.last_advert
+            .store(Timestamp::now().0, Ordering::Relaxed);
+    }
+
+    /// The MQTT loop went round.
+    pub fn mqtt(&self, connected: bool) {
+        self.last_mqtt.store(Timestamp::now().0, Ordering::Relaxed);
+        self.mqtt_connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Healthy at `now`, or why not.
+    pub fn check(&self, now: Timestamp) -> Result<(), String> {
+        let advert = self.last_advert.load(Ordering::Relaxed);
+        let silent = now.0.saturating_sub(advert);
+        if silent > self.advert_stale_ms {
+            return Err(format!(
+                "no advertisement for {} s (the pipeline or the radio is stuck)",
+                silent / 1000
+            ));
+        }
+        if self.mqtt_enabled.load(Ordering::Relaxed) {
+            let stuck = now.0.saturating_sub(self.last_mqtt.load(Ordering::Relaxed));
+            if stuck > MQTT_STALE_MS {
+                return Err(format!("the MQTT loop has not run for {} s", stuck / 1000));
+            }
+        }
+        Ok(())
+    }
+
+    /// Seconds since start.
+    pub fn uptime_s(&self, now: Timestamp) -> u64 {
+        now.0.saturating_sub(self.started) / 1000
+    }
+}
+
+/// What the hub reports about itself: the last stats and headcounts, plus live state.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// Adverts handled since start, by source.
+    pub adverts_total: u64,
+    /// The source's kind.
+    pub source: String,
+    /// Decode errors since start.
+    pub decode_errors_total: u64,
+    /// Adverts per second over the last stats interval.
+    pub adverts_per_s: f64,
+    /// Identities tracked.
+    pub tracked: u64,
+    /// Of which anonymous.
+    pub tracked_anonymous: u64,
+    /// Per zone: devices in the last headcount interval (anonymous + known).
+    pub zones: BTreeMap<String, u64>,
+    /// Customer sync: applied sequence and customers.
+    pub sync_seq: Option<u64>,
+    /// Customers in the cache.
+    pub customers: Option<u64>,
+    /// The scan source's counters.
+    pub scan: Option<crate::scan::bluez::tracker::ScanCounters>,
+    /// Offers fired since start.
+    pub offers_total: u64,
+    /// Spool depth and drops, MQTT state (when MQTT is on).
+    pub mqtt: Option<MqttSnapshot>,
+}
+
+/// The MQTT sink's state.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MqttSnapshot {
+    /// Connected now.
+    pub connected: bool,
+    /// Reconnects since start.
+    pub reconnects: u64,
+    /// Messages acknowledged since start.
+    pub acknowledged: u64,
+    /// Messages waiting in the spool.
+    pub spool_depth: u64,
+    /// Messages dropped because the spool was full, by class.
+    pub spool_dropped: BTreeMap<String, u64>,
+}
+
+/// The shared health state.
+#[derive(Clone)]
+pub struct Health {
+    /// Heartbeats.
+    pub progress: Arc<Progress>,
+    /// The last figures.
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    /// The MQTT sink's live health, when MQTT is on.
+    pub mqtt: Option<Arc<Mutex<crate::sink::mqtt::Health>>>,
+}
+
+impl Health {
+    /// Healthy at `now`, or why not (adverts flowing, and the MQTT loop going round when it is on).
+    pub fn check(&self, now: Timestamp) -> Result<(), String> {
+        if let Some(m) = &self.mqtt {
+            let h = m.lock().expect("health lock");
+            self.progress
+                .last_mqtt
+                .store(h.last_loop_ms, Ordering::Relaxed);
+            self.progress
+                .mqtt_connected
+                .store(h.connected, Ordering::Relaxed);
+        }
+        self.progress.check(now)
+    }
+
+    /// Folds a pipeline record into the snapshot (the tee sees every record).
+    pub fn observe(&self, r: &Record) {
+        let mut s = self.snapshot.lock().expect("snapshot lock");
+        match r {
+            Record::Stats(st) => {
+                s.adverts_total += st.adverts;
+                s.decode_errors_total += st.decode_errors;
+                s.adverts_per_s = st.adverts_per_s;
+                s.tracked = st.tracked;
+                s.tracked_anonymous = st.tracked_anonymous;
+                if let Some(sync) = &st.sync {
+                    s.sync_seq = Some(sync.seq);
+                    s.customers = Some(sync.customers);
+                }
+                s.scan = st.scan;
+            }
+            Record::Headcount(h) => {
+                s.zones = h
+                    .zones
+                    .iter()
+                    .map(|z| (z.zone.clone(), u64::from(z.anonymous) + u64::from(z.known)))
+                    .collect();
+            }
+            Record::Offer(_) => s.offers_total += 1,
+            _ => {}
+        }
+    }
+
+    /// The snapshot with the MQTT sink's live state.
+    pub fn current(&self) -> Snapshot {
+        let mut s = self.snapshot.lock().expect("snapshot lock").clone();
+        if let Some(m) = &self.mqtt {
+            let h = m.lock().expect("health lock").clone();
+            s.mqtt = Some(MqttSnapshot {
+                connected: h.connected,
+                reconnects: h.reconnects,
+                acknowledged: h.acknowledged,
+                spool_depth: h.spool_depth,
+                spool_dropped: h.spool_dropped.clone(),
+            });
+        }
+        s
+    }
+
+    /// One line for systemd's STATUS= (shown by `systemctl status`).
+    pub fn status_line(&self, now: Timestamp) -> String {
+        let s = self.current();
+        let mut line = format!("{:.1} adverts/s, {} tracked", s.adverts_per_s, s.tracked);
+        if let Some(m) = &s.mqtt {
+            line.push_str(&format!(
+                ", MQTT {}, spool {}",
+                if m.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                m.spool_depth
+            ));
+        }
+        if let Err(why) = self.check(now) {
+            line.push_str(&format!(" — UNHEALTHY: {why}"));
+        }
+        line
+    }
+
+    /// The Prometheus text exposition of the current state.
+    pub fn metrics(&self, now: Timestamp) -> String {
+        use prometheus_client::encoding::text::encode;
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::registry::Registry;
+        let s = self.current();
+        let mut reg = Registry::with_prefix("beacond");
+        let counter = |reg: &mut Registry, name: &str, help: &str, v: u64| {
+            let c: Counter = Counter::default();
+            c.inc_by(v);
+            reg.register(name, help, c);
+        };
+        let gauge = |reg: &mut Registry, name: &str, help: &str, v: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(v);
+            reg.register(name, help, g);
+        };
+        let adverts = Family::<Vec<(String, String)>, Counter>::default();
+        adverts
+            .get_or_create(&vec![("source".into(), s.source.clone())])
+            .inc_by(s.adverts_total);
+        reg.register("adverts", "Adverts handled by the pipeline", adverts);
+        counter(
+            &mut reg,
+            "decode_errors",
+            "Adverts that did not decode",
+            s.decode_errors_total,
+        );
+        gauge(
+            &mut reg,
+            "tracked_identities",
+            "Identities the presence engine tracks",
+            s.tracked as i64,
+        );
+        gauge(
+            &mut reg,
+            "tracked_anonymous",
+            "Anonymous devices tracked",
+            s.tracked_anonymous as i64,
+        );
+        let zones = Family::<Vec<(String, String)>, Gauge>::default();
+        for (z, n) in &s.zones {
+            zones
+                .get_or_create(&vec![("zone".into(), z.clone())])
+                .set(*n as i64);
+        }
+        reg.register(
+            "zone_headcount",
+            "Devices per zone in the last headcount interval",
+            zones,
+        );
+        counter(&mut reg, "offers", "Offer triggers fired", s.offers_total);
+        if let Some(seq) = s.sync_seq {
+            gauge(
+                &mut reg,
+                "sync_seq",
+                "Last applied customer sync sequence",
+                seq as i64,
+            );
+        }
+        if let Some(c) = s.customers {
+            gauge(
+                &mut reg,
+                "customers",
+                "Customers in the local cache",
+                c as i64,
+            );
+        }
+        if let Some(sc) = &s.scan {
+            counter(
+                &mut reg,
+                "scan_filtered",
+                "Adverts dropped by [scan.filters]",
+                sc.filtered_rssi + sc.filtered_unlisted,
+            );
+            counter(
+                &mut reg,
+                "watchdog_restarts",
+                "Discovery restarts by the scan watchdog",
+                sc.watchdog_restarts,
+            );
+            counter(
+                &mut reg,
+                "watchdog_power_cycles",
+                "Adapter power cycles by the scan watchdog",
+                sc.watchdog_power_cycles,
+            );
+            counter(
+                &mut reg,
+                "bluez_devices_removed",
+                "Quiet device objects removed from BlueZ",
+                sc.devices_removed,
+            );
+        }
+        if let Some(m) = &s.mqtt {
+            gauge(
+                &mut reg,
+                "mqtt_connected",
+                "1 when connected to the broker",
+                i64::from(m.connected),
+            );
+            counter(
+                &mut reg,
+                "mqtt_reconnects",
+                "Reconnects to the broker",
+                m.reconnects,
+            );
+            counter(
+                &mut reg,
+                "mqtt_acknowledged",
+                "Messages the broker acknowledged",
+                m.acknowledged,
+            );
+            gauge(
+                &mut reg,
+                "spool_depth",
+                "Messages waiting in the spool",
+                m.spool_depth as i64,
+            );
+            let dropped = Family::<Vec<(String, String)>, Counter>::default();
+            for (class, n) in &m.spool_dropped {
+                dropped
+                    .get_or_create(&vec![("class".into(), class.clone())])
+                    .inc_by(*n);
+            }
+            reg.register(
+                "spool_dropped",
+                "Messages dropped because the spool was full",
+                dropped,
+            );
+        }
+        gauge(
+            &mut reg,
+            "healthy",
+            "1 when adverts and the MQTT loop make progress",
+            i64::from(self.check(now).is_ok()),
+        );
+        gauge(
+            &mut reg,
+            "uptime_seconds",
+            "Seconds since start",
+            self.progress.uptime_s(now) as i64,
+        );
+        let mut out = String::new();
+        let _ = encode(&mut out, &reg);
+        out
+    }
+}
+
+/// Tells systemd how the daemon is doing until `shutdown`: READY now, a STATUS line and — only while
+/// healthy — a WATCHDOG ping every half watchdog period, STOPPING at the end. Outside systemd
+/// (`NOTIFY_SOCKET` unset) it does nothing.
+pub async fn notify_systemd(health: Health, mut shutdown: crate::shutdown::Shutdown) {
+    use sd_notify::NotifyState;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("starting")]);
+    let period = sd_notify::watchdog_enabled()
+        .map(|d| d / 2)
+        .unwrap_or(Duration::from_secs(10))
+        .max(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(period);
+    let mut was_healthy = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => {
+                let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+                return;
+            }
+        }
+        let now = Timestamp::now();
+        let line = health.status_line(now);
+        match health.check(now) {
+            Ok(()) => {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog, NotifyState::Status(&line)]);
+                was_healthy = true;
+            }
+            Err(why) => {
+                // No ping: if this lasts, systemd restarts us — which is the point.
+                if was_healthy {
+                    tracing::error!(reason = %why, "not pinging the systemd watchdog");
+                }
+                was_healthy = false;
+                let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
+            }
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/status` on `addr` (a loopback address: the endpoint has no
+/// authentication) on its own thread until the process ends.
+pub fn serve(addr: &str, health: Health) -> std::io::Result<std::net::SocketAddr> {
+    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| std::io::Error::other("not an IP listener"))?;
+    std::thread::Builder::new()
+        .name("beacond-health".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let now = Timestamp::now();
+                let (code, body, ctype) = match req.url() {
+                    "/metrics" => (200, health.metrics(now), "text/plain; version=0.0.4"),
+                    "/healthz" => match health.check(now) {
+                        Ok(()) => (200, "ok\n".to_owned(), "text/plain"),
+                        Err(why) => (503, format!("unhealthy: {why}\n"), "text/plain"),
+                    },
+                    "/status" => {
+                        let mut v = serde_json::to_value(health.current()).unwrap_or_default();
+                        v["healthy"] = health.check(now).is_ok().into();
+                        if let Err(why) = health.check(now) {
+                            v["unhealthy_reason"] = why.into();
+                        }
+                        v["uptime_s"] = health.progress.uptime_s(now).into();
+                        v["version"] = env!("CARGO_PKG_VERSION").into();
+                        (200, v.to_string(), "application/json")
+                    }
+                    _ => (
+                        404,
+                        "try /metrics, /healthz or /status\n".to_owned(),
+                        "text/plain",
+                    ),
+                };
+                let header =
+                    tiny_http::Header::from_bytes("Content-Type", ctype).expect("valid header");
+                let _ = req.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_status_code(code)
+                        .with_header(header),
+                );
+            }
+        })?;
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_only_while_adverts_and_the_mqtt_loop_make_progress() {
+        let p = Progress::new(30);
+        let t0 = p.last_advert.load(Ordering::Relaxed);
+        assert!(p.check(Timestamp(t0 + 29_000)).is_ok());
+        let e = p.check(Timestamp(t0 + 31_000)).unwrap_err();
+        assert!(e.starts_with("no advertisement for 31 s"), "{e}");
+        // MQTT only counts when it is on.
+        p.mqtt_enabled.store(true, Ordering::Relaxed);
+        p.last_advert.store(t0 + 200_000, Ordering::Relaxed);
+        let e = p.check(Timestamp(t0 + 200_000)).unwrap_err();
+        assert!(e.starts_with("the MQTT loop has not run"), "{e}");
+        p.last_mqtt.store(t0 + 199_000, Ordering::Relaxed);
+        assert!(p.check(Timestamp(t0 + 200_000)).is_ok());
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let h = Health {
+            progress: Progress::new(30),
+            snapshot: Default::default(),
+            mqtt: None,
+        };
+        {
+            let mut s = h.snapshot.lock().unwrap();
+            s.source = "sim".into();
+            s.adverts_total = 1234;
+            s.zones.insert("wine".into(), 3);
+        }
+        let m = h.metrics(Timestamp::now());
+        assert!(
+            m.contains("beacond_adverts_total{source=\"sim\"} 1234"),
+            "{m}"
+        );
+        assert!(m.contains("beacond_zone_headcount{zone=\"wine\"} 3"), "{m}");
+        assert!(m.contains("beacond_healthy 1"), "{m}");
+        assert!(m.ends_with("# EOF\n"));
+    }
+}
