@@ -242,6 +242,7 @@ pub async fn run_with(
         other => other,
     };
     let (mark_tx, mark_rx) = tokio::sync::watch::channel(warm_end);
+    let (filters_tx, filters_rx) = tokio::sync::watch::channel(crate::scan::filter_of(&cfg));
     let (counters_tx, counters_rx) = tokio::sync::watch::channel(Default::default());
     let (clock, source) = opened.spawn(
         warm_end,
@@ -251,6 +252,7 @@ pub async fn run_with(
             adverts: adv_tx,
             watermark: mark_tx,
             counters: counters_tx,
+            filters: Some(filters_rx),
         },
         shutdown.clone(),
     );
@@ -258,7 +260,10 @@ pub async fn run_with(
         tokio::spawn(reload_on_hangup(
             path,
             cfg.clone(),
-            cmd_tx.clone(),
+            Reloadable {
+                commands: cmd_tx.clone(),
+                filters: filters_tx,
+            },
             shutdown.clone(),
         ));
     }
@@ -525,9 +530,10 @@ fn open_offers(cfg: &Config, now: crate::time::Timestamp) -> Result<OfferStage, 
 async fn reload_on_hangup(
     path: std::path::PathBuf,
     mut current: Config,
-    commands: mpsc::Sender<CoreCommand>,
+    to: Reloadable,
     mut shutdown: Shutdown,
 ) {
+    let Reloadable { commands, filters } = to;
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -566,12 +572,39 @@ async fn reload_on_hangup(
         if commands.send(clear).await.is_err() {
             return;
         }
+        // Applied in place: zones, presence and offers (the core), [scan.filters] (the source) and
+        // [log] level. The rest of these sections is named for a restart.
+        // The level first, so the lines about this very reload already follow it.
+        if new.log.level != current.log.level {
+            match crate::logging::set_level(&new.log.level) {
+                Ok(true) => tracing::info!(level = %new.log.level, "log level reloaded"),
+                Ok(false) => tracing::info!("RUST_LOG is set and wins over [log] level"),
+                Err(e) => tracing::error!(error = %e, "cannot apply the new log level"),
+            }
+        }
+        if new.scan.filters != current.scan.filters
+            || new.identity.app_service_uuid != current.identity.app_service_uuid
+        {
+            filters.send_replace(crate::scan::filter_of(&new));
+            tracing::info!("scan filters reloaded");
+        }
+        let scan_rest = |c: &Config| {
+            let mut s = c.scan.clone();
+            s.filters = Default::default();
+            s
+        };
+        let identity_rest = |c: &Config| {
+            let mut i = c.identity.clone();
+            i.app_service_uuid = String::new();
+            i
+        };
         let restart_needed: Vec<&str> = [
             ("hub", new.hub != current.hub),
-            ("scan", new.scan != current.scan),
+            ("scan", scan_rest(&new) != scan_rest(&current)),
             ("mqtt", new.mqtt != current.mqtt),
-            ("identity", new.identity != current.identity),
-            ("log", new.log != current.log),
+            ("identity", identity_rest(&new) != identity_rest(&current)),
+            ("health", new.health != current.health),
+            ("log.format", new.log.format != current.log.format),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -591,6 +624,14 @@ async fn reload_on_hangup(
         }
         current = new;
     }
+}
+
+/// Where a reload's changes go.
+struct Reloadable {
+    /// Zones, presence, offers and notices, to the core.
+    commands: mpsc::Sender<CoreCommand>,
+    /// `[scan.filters]`, to the source.
+    filters: tokio::sync::watch::Sender<crate::scan::filter::Filter>,
 }
 
 /// What the core task listens to.

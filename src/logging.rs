@@ -37,32 +37,63 @@ pub fn resolve(format: LogFormat) -> LogFormat {
     }
 }
 
+/// The handle that swaps the filter of the installed subscriber (a reload changes `[log] level`).
+static RELOAD: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`. Safe to call twice (the
 /// second call is ignored), so tests and re-initialisation do not panic.
 pub fn init(level: &str, format: LogFormat) -> Result<(), LogError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter_text = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_owned());
-    let filter = EnvFilter::builder()
-        .parse(&filter_text)
-        .map_err(|source| LogError::Filter {
-            filter: filter_text.clone(),
-            source,
-        })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match resolve(format) {
-        LogFormat::Json => builder.json().try_init(),
+    let filter = parse(&filter_text)?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let base = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match resolve(format) {
+        LogFormat::Json => base.json().boxed(),
         LogFormat::Compact => {
             // The journal stamps every line itself; a second timestamp only costs SD card bytes.
-            let b = builder.compact().with_ansi(false);
+            let b = base.compact().with_ansi(false);
             if under_systemd() {
-                b.without_time().try_init()
+                b.without_time().boxed()
             } else {
-                b.try_init()
+                b.boxed()
             }
         }
-        LogFormat::Human | LogFormat::Auto => builder.with_ansi(true).try_init(),
+        LogFormat::Human | LogFormat::Auto => base.with_ansi(true).boxed(),
     };
-    drop(result);
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = RELOAD.set(handle);
+    }
     Ok(())
+}
+
+fn parse(text: &str) -> Result<EnvFilter, LogError> {
+    EnvFilter::builder()
+        .parse(text)
+        .map_err(|source| LogError::Filter {
+            filter: text.to_owned(),
+            source,
+        })
+}
+
+/// Applies a new `[log] level` to the running subscriber. `Ok(false)` when `RUST_LOG` is set (it
+/// wins, as at start) or logging was not set up by [`init`].
+pub fn set_level(level: &str) -> Result<bool, LogError> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(false);
+    }
+    let Some(handle) = RELOAD.get() else {
+        return Ok(false);
+    };
+    let filter = parse(level)?;
+    Ok(handle.reload(filter).is_ok())
 }

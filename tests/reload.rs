@@ -134,3 +134,80 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_while_running() {
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn sighup_applies_scan_filters_and_the_log_level_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("beacond.toml");
+    let data = dir.path().join("data");
+    let base = |extra: &str| {
+        format!(
+            "[hub]\nstore_id = \"s\"\nhub_id = \"hub-window\"\ndata_dir = {:?}\n\
+             [scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\nspeed = 30.0\n{extra}\
+             [mqtt]\nenabled = false\nstats_interval_s = 5\n{ZONES}",
+            data.display().to_string()
+        )
+    };
+    std::fs::write(&cfg, base("[log]\nlevel = \"warn\"\n")).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let sink = lines.clone();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if let Ok(v) = serde_json::from_str(&l) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    let last_scan = || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|v| v["type"] == "stats")
+            .map(|v| v["scan"].clone())
+    };
+    wait_until("stats", Duration::from_secs(30), || last_scan().is_some());
+    assert_eq!(last_scan().unwrap()["filtered_rssi"], 0);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !log_text().contains("INFO"),
+        "info lines at level warn: {}",
+        log_text()
+    );
+
+    std::fs::write(
+        &cfg,
+        base("[scan.filters]\nmin_rssi = -70\n[log]\nlevel = \"info\"\n"),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    // The new level shows the reload's own info lines; the new floor drops weak adverts at once.
+    wait_until("info lines", Duration::from_secs(10), || {
+        log_text().contains("config reloaded")
+    });
+    assert!(log_text().contains("scan filters reloaded"));
+    assert!(
+        !log_text().contains("take effect at the next restart"),
+        "{}",
+        log_text()
+    );
+    wait_until(
+        "adverts filtered by the new floor",
+        Duration::from_secs(30),
+        || last_scan().is_some_and(|s| s["filtered_rssi"].as_u64() > Some(10)),
+    );
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+}

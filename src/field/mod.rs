@@ -114,6 +114,7 @@ impl ToolSource {
                 adverts: adv_tx,
                 watermark: mark_tx,
                 counters: counters_tx,
+                filters: None,
             },
             shutdown,
         );

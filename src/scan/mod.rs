@@ -91,9 +91,17 @@ pub async fn run_paced(
         adverts: tx,
         watermark,
         counters,
+        mut filters,
     } = io;
+    let mut filter = filter;
     let mut c = bluez::tracker::ScanCounters::default();
     while let Some(adv) = next() {
+        if let Some(rx) = filters
+            .as_mut()
+            .filter(|rx| rx.has_changed().unwrap_or(false))
+        {
+            filter = rx.borrow_and_update().clone();
+        }
         // Nothing older than this advert can come any more: the core may run deadlines up to it.
         watermark.send_replace(Timestamp(adv.at.0.saturating_sub(1)));
         c.events += 1;
@@ -132,6 +140,8 @@ pub struct SourceIo {
     pub watermark: watch::Sender<Timestamp>,
     /// The source's counters, for `stats.scan`.
     pub counters: watch::Sender<bluez::tracker::ScanCounters>,
+    /// New `[scan.filters]` from a reload, applied from the next advert on.
+    pub filters: Option<watch::Receiver<filter::Filter>>,
 }
 
 /// A source that cannot start.
@@ -234,7 +244,7 @@ impl Opened {
             Opened::Bluez(mut settings) => {
                 settings.filter = filter;
                 let task = tokio::spawn(async move {
-                    bluez::run(settings, io.adverts, io.watermark, io.counters, shutdown)
+                    bluez::run(settings, io, shutdown)
                         .await
                         .map_err(SourceError::from)
                 });

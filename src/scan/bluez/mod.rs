@@ -129,11 +129,15 @@ enum SessionEnd {
 /// run deadlines up to now; `counters` is refreshed for `stats`.
 pub async fn run(
     settings: Settings,
-    out: mpsc::Sender<Advert>,
-    watermark: watch::Sender<Timestamp>,
-    counters: watch::Sender<ScanCounters>,
+    io: crate::scan::SourceIo,
     mut shutdown: Shutdown,
 ) -> Result<(), BluezError> {
+    let crate::scan::SourceIo {
+        adverts: out,
+        watermark,
+        counters,
+        filters,
+    } = io;
     let mut retry = RETRY_MIN;
     // One btleplug manager and one bus connection for the process: each holds a D-Bus connection
     // whose task lives as long as the connection, so making new ones per session would leak.
@@ -162,27 +166,30 @@ pub async fn run(
             }
         })
     };
-    let result = scan(
-        settings,
-        &manager,
-        &bus,
+    let links = Links {
         out,
-        &watermark,
-        &counters,
-        &mut shutdown,
-    )
-    .await;
+        watermark: &watermark,
+        counters: &counters,
+        filters,
+    };
+    let result = scan(settings, &manager, &bus, links, &mut shutdown).await;
     ticker.abort();
     result
+}
+
+/// The source's channels to the pipeline.
+struct Links<'a> {
+    out: mpsc::Sender<Advert>,
+    watermark: &'a watch::Sender<Timestamp>,
+    counters: &'a watch::Sender<ScanCounters>,
+    filters: Option<watch::Receiver<Filter>>,
 }
 
 async fn scan(
     settings: Settings,
     manager: &Manager,
     bus: &Bus,
-    out: mpsc::Sender<Advert>,
-    watermark: &watch::Sender<Timestamp>,
-    counters: &watch::Sender<ScanCounters>,
+    mut links: Links<'_>,
     shutdown: &mut Shutdown,
 ) -> Result<(), BluezError> {
     let mut retry = RETRY_MIN;
@@ -196,7 +203,7 @@ async fn scan(
             Ok(a) => a,
             Err(why) => {
                 tracker.counters.adapter_missing += 1;
-                counters.send_replace(tracker.counters);
+                links.counters.send_replace(tracker.counters);
                 tracing::error!(adapter = %settings.adapter, retry_s = retry.as_secs(), "{why}");
                 if wait(shutdown, &mut retry).await {
                     return Ok(());
@@ -205,17 +212,7 @@ async fn scan(
             }
         };
         retry = RETRY_MIN;
-        let end = session(
-            &settings,
-            bus,
-            adapter,
-            &mut tracker,
-            &out,
-            watermark,
-            counters,
-            shutdown,
-        )
-        .await;
+        let end = session(&settings, bus, adapter, &mut tracker, &mut links, shutdown).await;
         match end {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::GiveUp(s) => return Err(BluezError::Silent(s)),
@@ -311,17 +308,15 @@ async fn pick_adapter(manager: &Manager, bus: &Bus, wanted: &str) -> Result<Pick
     Ok(Picked { adapter, name })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn session(
     settings: &Settings,
     bus: &Bus,
     picked: Picked,
     tracker: &mut Tracker,
-    out: &mpsc::Sender<Advert>,
-    watermark: &watch::Sender<Timestamp>,
-    counters: &watch::Sender<ScanCounters>,
+    links: &mut Links<'_>,
     shutdown: &mut Shutdown,
 ) -> SessionEnd {
+    let (out, watermark, counters) = (&links.out, links.watermark, links.counters);
     let Picked { adapter, name } = picked;
     let owner = bus.bluez_owner().await;
     let mut events = match adapter.events().await {
@@ -349,6 +344,9 @@ async fn session(
             },
             _ = tick.tick() => {
                 let now = Timestamp::now();
+                if let Some(rx) = links.filters.as_mut().filter(|rx| rx.has_changed().unwrap_or(false)) {
+                    tracker.set_filter(rx.borrow_and_update().clone());
+                }
                 tracker.expire(now);
                 for a in tracker.take_removals() {
                     // A device BlueZ already dropped is fine: the goal is that it is gone.

@@ -192,6 +192,11 @@ impl Tracker {
         })
     }
 
+    /// Applies new filters (a reload) from the next report on.
+    pub fn set_filter(&mut self, filter: Filter) {
+        self.filter = filter;
+    }
+
     /// BlueZ dropped the device object itself (it timed out there, or someone removed it).
     pub fn removed(&mut self, address: &Address) {
         self.devices.remove(address);
