@@ -455,6 +455,11 @@ async fn run_core(
                     }
                 }
                 CoreCommand::SyncReport(r) => core.set_sync_report(r),
+                CoreCommand::MqttTarget(s) => {
+                    if tx.send(Record::MqttTarget(sink::NewTarget(s))).await.is_err() {
+                        return;
+                    }
+                }
                 CoreCommand::Notice { key, message } => {
                     if tx.send(Record::Notice { key, message }).await.is_err() {
                         return;
@@ -565,6 +570,39 @@ async fn reload_on_hangup(
                 continue;
             }
         };
+        // A new broker, credentials or topics: resolved (files read) before anything is applied, so
+        // a bad password file rejects the whole reload.
+        let mqtt_in_place = new.mqtt.enabled
+            && current.mqtt.enabled
+            && new.mqtt.spool_max_bytes == current.mqtt.spool_max_bytes;
+        let mut target = None;
+        if mqtt_in_place && new.mqtt != current.mqtt {
+            match MqttSettings::from_config(&new, config_hash(&new)) {
+                Ok(s) => target = Some(s),
+                Err(e) => {
+                    tracing::error!("config reload rejected, the running config stays: {e}");
+                    let notice = CoreCommand::Notice {
+                        key: "reload".into(),
+                        message: Some(format!(
+                            "config reload rejected, running the previous config: {e}"
+                        )),
+                    };
+                    if commands.send(notice).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        if let Some(s) = target {
+            if commands
+                .send(CoreCommand::MqttTarget(Box::new(s)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         let clear = CoreCommand::Notice {
             key: "reload".into(),
             message: None,
@@ -601,7 +639,10 @@ async fn reload_on_hangup(
         let restart_needed: Vec<&str> = [
             ("hub", new.hub != current.hub),
             ("scan", scan_rest(&new) != scan_rest(&current)),
-            ("mqtt", new.mqtt != current.mqtt),
+            (
+                "mqtt (enabled, spool_max_bytes)",
+                !mqtt_in_place && new.mqtt != current.mqtt,
+            ),
             ("identity", identity_rest(&new) != identity_rest(&current)),
             ("health", new.health != current.health),
             ("log.format", new.log.format != current.log.format),

@@ -57,6 +57,8 @@ pub enum CoreCommand {
     Tokens(TokenTable),
     /// A reloaded, validated config: zones and presence parameters take effect now.
     Reload(Box<crate::config::Config>),
+    /// A new MQTT target from a reload, passed on to the MQTT sink in order.
+    MqttTarget(Box<crate::sink::mqtt::Settings>),
     /// A running problem for the hub's status (or its end), passed on to the sinks in order.
     Notice {
         /// What it is about.

@@ -141,6 +141,11 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
         &settings.status("offline", Some("shutdown")),
         "offline status",
     );
+    check(
+        &status,
+        &settings.status("offline", Some("reconfigured")),
+        "offline status after moving brokers",
+    );
     check(&status, &last_will_payload("store-1", "hub-1"), "last will");
 }
 

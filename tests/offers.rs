@@ -302,3 +302,62 @@ fn offers_explain_shows_what_fired_and_why_the_rest_did_not() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("simulated customers are cust-00001"));
 }
+
+#[test]
+fn reload_moves_to_a_new_broker_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let a = Broker::start(&da);
+    let b = Broker::start(&db);
+    let sub_a = Subscriber::start(a.port, "platform-a", "beacond/#", true);
+    let sub_b = Subscriber::start(b.port, "platform-b", "beacond/#", true);
+    let cfg = config(dir.path(), Some(&a.url()), 30.0);
+    let mut d = common::start_daemon(&cfg);
+    let status = |m: &[(String, Value, bool)]| {
+        m.iter()
+            .rev()
+            .find(|(t, _, _)| t.ends_with("/status"))
+            .map(|(_, v, _)| v.clone())
+    };
+    sub_a.wait_for("online on A", Duration::from_secs(30), |m| {
+        status(m).is_some_and(|s| s["state"] == "online")
+    });
+    let started = status(&sub_a.messages()).unwrap()["started_at"].clone();
+
+    // A password file that does not exist: the whole reload is rejected, A keeps everything.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let mut bad: beacond::config::Config = toml::from_str(&good).unwrap();
+    bad.mqtt.url = b.url();
+    bad.mqtt.username = Some("hub".into());
+    bad.mqtt.password_file = Some(dir.path().join("no-such-password"));
+    std::fs::write(&cfg, toml::to_string(&bad).unwrap()).unwrap();
+    signal(&d, "-HUP");
+    sub_a.wait_for("the rejection on A", Duration::from_secs(20), |m| {
+        status(m).is_some_and(|s| s["warnings"].to_string().contains("config reload rejected"))
+    });
+
+    let mut moved: beacond::config::Config = toml::from_str(&good).unwrap();
+    moved.mqtt.url = b.url();
+    std::fs::write(&cfg, toml::to_string(&moved).unwrap()).unwrap();
+    signal(&d, "-HUP");
+    sub_a.wait_for(
+        "A told the hub left on purpose",
+        Duration::from_secs(20),
+        |m| status(m).is_some_and(|s| s["state"] == "offline" && s["reason"] == "reconfigured"),
+    );
+    sub_b.wait_for("online and events on B", Duration::from_secs(30), |m| {
+        status(m).is_some_and(|s| s["state"] == "online")
+            && m.iter().any(|(t, _, _)| t.ends_with("/presence"))
+    });
+    let on_b = status(&sub_b.messages()).unwrap();
+    assert_eq!(
+        on_b["started_at"], started,
+        "the same process, not a restart"
+    );
+    assert!(on_b.get("warnings").is_none(), "{on_b}");
+    assert!(d.try_wait().unwrap().is_none());
+    signal(&d, "-TERM");
+    assert!(d.wait().unwrap().success());
+}

@@ -20,6 +20,22 @@ pub fn rfc3339<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339())
 }
 
+/// Resolved MQTT settings travelling to the sink (compared by identity: two are never equal).
+#[derive(Clone)]
+pub struct NewTarget(pub Box<crate::sink::mqtt::Settings>);
+
+impl PartialEq for NewTarget {
+    fn eq(&self, _: &Self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Debug for NewTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewTarget")
+    }
+}
+
 /// A record of the pipeline, as sinks receive it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -38,6 +54,10 @@ pub enum Record {
     /// them. Never published or printed.
     #[serde(skip)]
     Purge(Vec<String>),
+    /// A new MQTT target from a reload: the sink says goodbye to the old broker and connects to
+    /// this one; the spool carries over. Never printed.
+    #[serde(skip)]
+    MqttTarget(NewTarget),
     /// A running problem for the hub's status (`message`), or its end (`None`). Never printed.
     #[serde(skip)]
     Notice {
@@ -57,7 +77,7 @@ impl Record {
             Record::Stats(s) => s.end,
             Record::Beacons(b) => b.at,
             Record::Offer(o) => o.at,
-            Record::Purge(_) | Record::Notice { .. } => Timestamp(0),
+            Record::Purge(_) | Record::Notice { .. } | Record::MqttTarget(_) => Timestamp(0),
         }
     }
 }

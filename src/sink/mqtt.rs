@@ -134,6 +134,18 @@ pub struct Settings {
     notices: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
+// By hand: MqttOptions' own Debug would print the password.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (host, port) = self.options.broker_address();
+        f.debug_struct("Settings")
+            .field("broker", &format!("{host}:{port}"))
+            .field("store", &self.store)
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The Last Will: the broker publishes it (retained) when the hub vanishes without a goodbye.
 pub fn last_will_payload(store: &str, hub: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -336,7 +348,7 @@ impl Settings {
                 1,
                 Some(o.customer_id.clone()),
             ),
-            Record::Purge(_) | Record::Notice { .. } => return None,
+            Record::Purge(_) | Record::Notice { .. } | Record::MqttTarget(_) => return None,
         };
         let mut envelope = serde_json::Map::new();
         envelope.insert("schema".into(), json!(SCHEMA_VERSION));
@@ -381,7 +393,7 @@ pub struct SyncLink {
 /// Runs the sink: spools every record from `rx`, and publishes the spool to the broker until shutdown.
 /// With `sync`, it also subscribes to the customer sync topic and carries the sync stage's traffic.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     spool: Spool,
     mut rx: mpsc::Receiver<Record>,
     health: Arc<Mutex<Health>>,
@@ -391,6 +403,7 @@ pub async fn run(
     let spool = Arc::new(tokio::sync::Mutex::new(spool));
     let wake = Arc::new(Notify::new());
     let status_changed = Arc::new(Notify::new());
+    let (target_tx, target_rx) = tokio::sync::watch::channel::<Option<Settings>>(None);
     let (finish_tx, finish_rx) = tokio::sync::watch::channel(false);
     let mut connection = tokio::spawn(connect_loop(
         settings.clone(),
@@ -398,6 +411,7 @@ pub async fn run(
         Wakers {
             spool: wake.clone(),
             status: status_changed.clone(),
+            target: target_rx,
         },
         health.clone(),
         sync,
@@ -419,6 +433,16 @@ pub async fn run(
         }
         let mut purge: Vec<String> = Vec::new();
         for r in &pending {
+            if let Record::MqttTarget(t) = r {
+                let mut new = (*t.0).clone();
+                // What the platform should still see carries over to the new broker.
+                new.warnings = settings.warnings.clone();
+                new.notices = settings.notices.clone();
+                new.started_at = settings.started_at;
+                settings = new.clone();
+                target_tx.send_replace(Some(new));
+                continue;
+            }
             if let Record::Notice { key, message } = r {
                 settings.set_notice(key, message.clone());
                 status_changed.notify_one();
@@ -533,12 +557,14 @@ async fn connect_loop(
     let Wakers {
         spool: wake,
         status: status_changed,
+        target: mut new_target,
     } = wakers;
+    let mut settings = settings;
     let (sync_in, mut sync_requests) = match sync {
         Some(l) => (Some(l.inbound), Some(l.requests)),
         None => (None, None),
     };
-    let (client, mut eventloop) = AsyncClient::new(settings.options.clone(), WINDOW * 2);
+    let (mut client, mut eventloop) = AsyncClient::new(settings.options.clone(), WINDOW * 2);
     let mut connected = false;
     let mut ever_connected = false;
     let mut attempt = 0u32;
@@ -591,11 +617,11 @@ async fn connect_loop(
         tokio::select! {
             biased;
             _ = shutdown.recv(), if !finished => {
-                goodbye(&client, &mut eventloop, &settings, connected).await;
+                goodbye(&client, &mut eventloop, &settings, connected, "shutdown").await;
                 return;
             }
             _ = std::future::ready(()), if finished => {
-                goodbye(&client, &mut eventloop, &settings, connected).await;
+                goodbye(&client, &mut eventloop, &settings, connected, "shutdown").await;
                 return;
             }
             ev = eventloop.poll() => match ev {
@@ -677,6 +703,25 @@ async fn connect_loop(
                 }
             },
             _ = wake.notified(), if connected => {}
+            changed = new_target.changed() => {
+                let new = if changed.is_ok() { new_target.borrow_and_update().clone() } else { None };
+                if let Some(new) = new {
+                    goodbye(&client, &mut eventloop, &settings, connected, "reconfigured").await;
+                    let (host, port) = new.options.broker_address();
+                    tracing::info!(%host, port, "MQTT target changed by a reload; connecting to it");
+                    settings = new;
+                    (client, eventloop) = AsyncClient::new(settings.options.clone(), WINDOW * 2);
+                    connected = false;
+                    attempt = 0;
+                    handed.clear();
+                    unacked.clear();
+                    cursor = 0;
+                    health.lock().expect("health lock").connected = false;
+                } else if changed.is_err() {
+                    // The ingest side is gone; nothing more will change.
+                    new_target = tokio::sync::watch::channel(None).1;
+                }
+            }
             _ = status_changed.notified(), if connected => {
                 if client
                     .try_publish(settings.topics.status.clone(), QoS::AtLeastOnce, true, settings.status("online", None))
@@ -705,6 +750,8 @@ struct Wakers {
     spool: Arc<Notify>,
     /// The status changed (a notice set or cleared): republish it.
     status: Arc<Notify>,
+    /// A new broker, topics or credentials from a reload.
+    target: tokio::sync::watch::Receiver<Option<Settings>>,
 }
 
 /// The next item of an optional channel; never resolves without one (or once it is closed).
@@ -728,6 +775,7 @@ async fn goodbye(
     eventloop: &mut rumqttc::EventLoop,
     settings: &Settings,
     connected: bool,
+    reason: &str,
 ) {
     if !connected {
         return;
@@ -736,7 +784,7 @@ async fn goodbye(
         settings.topics.status.clone(),
         QoS::AtLeastOnce,
         true,
-        settings.status("offline", Some("shutdown")),
+        settings.status("offline", Some(reason)),
     );
     let _ = client.try_disconnect();
     let drain = async {

@@ -10,7 +10,7 @@ use super::Record;
 /// Writes every record as a JSON line until the channel closes.
 pub async fn run(mut rx: mpsc::Receiver<Record>) -> std::io::Result<()> {
     while let Some(r) = rx.recv().await {
-        if let Record::Purge(_) | Record::Notice { .. } = r {
+        if let Record::Purge(_) | Record::Notice { .. } | Record::MqttTarget(_) = r {
             continue;
         }
         let line = serde_json::to_string(&r).map_err(std::io::Error::other)?;

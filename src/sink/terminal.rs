@@ -67,9 +67,11 @@ impl Board {
                         .unwrap_or_default()
                 ))
             }
-            Record::Stats(_) | Record::Beacons(_) | Record::Purge(_) | Record::Notice { .. } => {
-                None
-            }
+            Record::Stats(_)
+            | Record::Beacons(_)
+            | Record::Purge(_)
+            | Record::Notice { .. }
+            | Record::MqttTarget(_) => None,
         }
     }
 
