@@ -194,7 +194,7 @@ fn beacons_and_app_tokens_heard_through_bluez_become_presence_events() {
 }
 
 #[test]
-fn bluetoothd_going_away_and_an_adapter_appearing_later_are_survived() {
+fn bluetoothd_going_away_and_adapters_coming_and_going_are_survived() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let sub = Subscriber::start(broker.port, "platform", &format!("beacond/{STORE}/#"), true);
@@ -253,6 +253,26 @@ fn bluetoothd_going_away_and_an_adapter_appearing_later_are_survived() {
         bus.py("print(adapter_prop('hci0', 'Discovering'))").trim(),
         "1"
     );
+
+    // The USB dongle is unplugged, then plugged in again.
+    bus.stop_drivers();
+    bus.py("mock().RemoveAdapterWithDevices('hci0')");
+    wait_until("the unplug noticed", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("adapter hci0 disappeared")
+    });
+    bus.py("add_adapter('hci0')");
+    bus.py_background(advertise);
+    sub.wait_for(
+        "a third session after the replug",
+        Duration::from_secs(60),
+        |m| last_scan(m).is_some_and(|s| s["sessions"] == 3),
+    );
+    let before = scan_counter(&sub, "adverts");
+    sub.wait_for("adverts after the replug", Duration::from_secs(20), |m| {
+        last_scan(m).is_some_and(|s| s["adverts"].as_u64() > Some(before + 5))
+    });
     assert!(d.try_wait().unwrap().is_none());
     signal(&d, "-TERM");
     assert!(d.wait().unwrap().success());
