@@ -391,7 +391,7 @@ pub async fn notify_systemd(health: Health, mut shutdown: crate::shutdown::Shutd
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.recv() => {
-                let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+                stopping();
                 return;
             }
         }
@@ -412,6 +412,15 @@ pub async fn notify_systemd(health: Health, mut shutdown: crate::shutdown::Shutd
             }
         }
     }
+}
+
+/// Tells systemd the daemon is stopping (outside systemd: nothing). Sent when shutdown begins, from
+/// the signal handler itself: a task might not get to run before the process exits.
+pub fn stopping() {
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping"),
+    ]);
 }
 
 /// Serves `/metrics`, `/healthz` and `/status` on `addr` (a loopback address: the endpoint has no

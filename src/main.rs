@@ -553,6 +553,7 @@ fn run_until_signal(
         tokio::select! {
             sig = beacond::shutdown::os_signal() => {
                 tracing::info!(signal = sig.unwrap_or("signal"), "shutting down");
+                beacond::health::stopping();
                 trigger.fire();
                 daemon.await.context("daemon task")??;
             }
