@@ -16,7 +16,6 @@ use crate::identity::cache::Cache;
 use crate::identity::sync::{parse_public_key, SyncState};
 use crate::offers::stage::OfferStage;
 use crate::pipeline::{Core, CoreCommand};
-use crate::presence::{Engine, EngineParams};
 use crate::scan::{Advert, Clock, Opened, SourceIo};
 use crate::shutdown::Shutdown;
 use crate::sink::mqtt::{Health as MqttHealth, Settings as MqttSettings};
@@ -108,21 +107,10 @@ pub async fn run_with(
         message: e.to_string(),
     })?;
     let hubs = opened.hubs(&cfg.hub.hub_id);
-    let directory = match &opened {
-        Opened::Sim(sim) => sim.directory().clone(),
-        _ => Default::default(),
-    };
 
     // Core.
-    let engine = Engine::new(
-        &cfg.zones,
-        EngineParams::from_config(&cfg.presence),
-        &cfg.hub.hub_id,
-    );
-    let zones: Vec<String> = engine.zones().iter().map(|z| z.id.clone()).collect();
-    let app_uuid = uuid::Uuid::parse_str(&cfg.identity.app_service_uuid).unwrap_or_default();
-    let mut core = Core::new(engine, directory, &hubs, rand::random())
-        .with_app_tokens(app_uuid, cfg.identity.token_epoch_s as u32);
+    let mut core = Core::for_config(&cfg, opened.directory(), &hubs);
+    let zones: Vec<String> = core.engine().zones().iter().map(|z| z.id.clone()).collect();
     let (cmd_tx, cmd_rx) = mpsc::channel::<CoreCommand>(COMMAND_QUEUE);
     let mut offers = open_offers(&cfg, opened.start())?;
 

@@ -184,6 +184,23 @@ impl Core {
         self.hub_map.get(source_hub as usize).copied().flatten()
     }
 
+    /// The core `cfg` describes (zones, presence parameters, the app's tokens), for a source whose
+    /// adverts index `source_hubs`, starting with `directory`.
+    pub fn for_config(
+        cfg: &crate::config::Config,
+        directory: Directory,
+        source_hubs: &[String],
+    ) -> Core {
+        let engine = Engine::new(
+            &cfg.zones,
+            crate::presence::EngineParams::from_config(&cfg.presence),
+            &cfg.hub.hub_id,
+        );
+        let app_uuid = uuid::Uuid::parse_str(&cfg.identity.app_service_uuid).unwrap_or_default();
+        Core::new(engine, directory, source_hubs, rand::random())
+            .with_app_tokens(app_uuid, cfg.identity.token_epoch_s as u32)
+    }
+
     /// Recognises the retailer app's rotating tokens: service data under `app_uuid`, in epochs of
     /// `epoch_s` seconds.
     pub fn with_app_tokens(mut self, app_uuid: uuid::Uuid, epoch_s: u32) -> Core {

@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::identity::cache::Cache;
 use crate::pipeline::{Core, DirectoryChange};
-use crate::presence::{Engine, EngineParams};
 use crate::scan::{Advert, Clock, Opened, SourceError, SourceIo};
 use crate::shutdown::Shutdown;
 use crate::time::Timestamp;
@@ -80,18 +79,7 @@ impl ToolSource {
         let hubs = opened.hubs(&cfg.hub.hub_id);
         let kind = opened.kind();
         let mut note = None;
-        let directory = match &opened {
-            Opened::Sim(sim) => sim.directory().clone(),
-            _ => Default::default(),
-        };
-        let engine = Engine::new(
-            &cfg.zones,
-            EngineParams::from_config(&cfg.presence),
-            &cfg.hub.hub_id,
-        );
-        let app_uuid = uuid::Uuid::parse_str(&cfg.identity.app_service_uuid).unwrap_or_default();
-        let mut core = Core::new(engine, directory, &hubs, rand::random())
-            .with_app_tokens(app_uuid, cfg.identity.token_epoch_s as u32);
+        let mut core = Core::for_config(cfg, opened.directory(), &hubs);
         if !matches!(opened, Opened::Sim(_)) {
             match load_customers(&cfg.hub.data_dir) {
                 Ok(Some(all)) => {

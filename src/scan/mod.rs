@@ -181,6 +181,15 @@ impl Opened {
         }
     }
 
+    /// The customers the source comes with: the simulated store's; none for the others (the
+    /// customer cache provides them).
+    pub fn directory(&self) -> crate::identity::Directory {
+        match self {
+            Opened::Sim(s) => s.directory().clone(),
+            _ => Default::default(),
+        }
+    }
+
     /// The source's own start of time: simulated and recorded time start in the past or future.
     pub fn start(&self) -> Timestamp {
         match self {
