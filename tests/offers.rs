@@ -4,9 +4,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,25 +33,7 @@ fn config(dir: &Path, mqtt: Option<&str>, speed: f64) -> std::path::PathBuf {
 
 /// Runs the daemon with stdout records collected.
 fn start(cfg: &Path) -> (Child, Arc<Mutex<Vec<Value>>>) {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .args(["run", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(out).lines() {
-            let Ok(l) = l else { break };
-            if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
-    (child, lines)
+    common::start_daemon_collecting(cfg, None, None)
 }
 
 fn offers(lines: &Arc<Mutex<Vec<Value>>>) -> Vec<Value> {

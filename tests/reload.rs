@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::bluez::wait_until;
@@ -35,25 +32,8 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_while_running() {
     let cfg = dir.path().join("beacond.toml");
     write_config(&cfg, &dir.path().join("data"), ZONES);
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "beacond=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<Value>::new()));
-    let sink = lines.clone();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout).lines() {
-            let Ok(l) = l else { break };
-            if let Ok(v) = serde_json::from_str(&l) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
+    let (mut child, lines) =
+        common::start_daemon_collecting(&cfg, Some(&log), Some("beacond=info"));
     let presence = |zone: &str| {
         lines
             .lock()
@@ -62,10 +42,19 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_while_running() {
             .filter(|v| v["type"] == "presence" && v["zone"] == zone)
             .count()
     };
-    wait_until("presence in both zones", Duration::from_secs(60), || {
-        presence("window") > 0 && presence("rails") > 0
-    });
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !(presence("window") > 0 && presence("rails") > 0) {
+        // Say what the daemon did, so a failure here can be diagnosed from CI's output alone.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no presence in both zones: {} records, running: {}, log:\n{}",
+            lines.lock().unwrap().len(),
+            child.try_wait().unwrap().is_none(),
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // An invalid config: rejected, named by line and column, and the daemon goes on.
     std::fs::write(
@@ -150,25 +139,7 @@ fn sighup_applies_scan_filters_and_the_log_level_in_place() {
     };
     std::fs::write(&cfg, base("[log]\nlevel = \"warn\"\n")).unwrap();
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<Value>::new()));
-    let sink = lines.clone();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout).lines() {
-            let Ok(l) = l else { break };
-            if let Ok(v) = serde_json::from_str(&l) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
+    let (mut child, lines) = common::start_daemon_collecting(&cfg, Some(&log), None);
     let last_scan = || {
         lines
             .lock()

@@ -194,3 +194,39 @@ pub fn start_daemon_logging(config: &Path, log: Option<&Path>) -> Child {
 pub fn start_daemon(config: &Path) -> Child {
     start_daemon_logging(config, None)
 }
+
+/// Starts `beacond run --config CONFIG` with `RUST_LOG` set to `rust_log` (or unset), its log in
+/// `log` when given, and every JSON record it prints collected.
+pub fn start_daemon_collecting(
+    config: &Path,
+    log: Option<&Path>,
+    rust_log: Option<&str>,
+) -> (Child, Arc<Mutex<Vec<Value>>>) {
+    use std::io::BufRead;
+    let stderr = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+        None => Stdio::null(),
+    };
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("beacond"));
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    match rust_log {
+        Some(l) => cmd.env("RUST_LOG", l),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let mut child = cmd.spawn().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    (child, lines)
+}
