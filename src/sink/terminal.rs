@@ -55,7 +55,7 @@ impl Board {
             Record::Offer(o) => {
                 self.offers += 1;
                 Some(format!(
-                    "{}  OFFER  {:<16} {} in {} ({} {})",
+                    "{}  OFFER  {:<16} {} in {} ({}{})",
                     hhmmss(&o.at.to_rfc3339()),
                     o.offer_id,
                     o.customer_id,
@@ -63,7 +63,7 @@ impl Board {
                     o.reason.trigger,
                     o.reason
                         .threshold
-                        .map(|t| t.to_string())
+                        .map(|t| format!(" {t}"))
                         .unwrap_or_default()
                 ))
             }
