@@ -57,10 +57,7 @@ fn daemon(config: &Path, bus: &MockBluez, log: &Path) -> Child {
 }
 
 fn last_scan(msgs: &[(String, Value, bool)]) -> Option<Value> {
-    msgs.iter()
-        .rev()
-        .find(|(t, v, _)| t.ends_with("/stats") && v.get("scan").is_some())
-        .map(|(_, v, _)| v["scan"].clone())
+    common::last_stats(msgs, "scan")
 }
 
 fn scan_counter(sub: &Subscriber, name: &str) -> u64 {

@@ -63,10 +63,7 @@ fn requests(msgs: &[(String, Value, bool)]) -> Vec<u64> {
 }
 
 fn last_sync(msgs: &[(String, Value, bool)]) -> Option<Value> {
-    msgs.iter()
-        .rev()
-        .find(|(t, v, _)| t.ends_with("/stats") && v.get("sync").is_some())
-        .map(|(_, v, _)| v["sync"].clone())
+    common::last_stats(msgs, "sync")
 }
 
 fn customers(ids: &[&str]) -> Vec<Value> {

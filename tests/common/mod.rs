@@ -230,3 +230,11 @@ pub fn start_daemon_collecting(
     });
     (child, lines)
 }
+
+/// The `key` object (`sync`, `scan`, …) of the newest stats message that has one.
+pub fn last_stats(msgs: &[(String, Value, bool)], key: &str) -> Option<Value> {
+    msgs.iter()
+        .rev()
+        .find(|(t, v, _)| t.ends_with("/stats") && v.get(key).is_some())
+        .map(|(_, v, _)| v[key].clone())
+}
