@@ -73,6 +73,10 @@ enum Command {
         /// Override the scenario's smoothing filter.
         #[arg(long, value_enum)]
         filter: Option<FilterArg>,
+        /// Draw shoppers and radio from this seed instead of the scenario's: the same store with
+        /// other people in it, to check a tuning on runs it was not made on.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Compute the retailer app's rotating token (the reference for app developers;
     /// docs/app-token.md specifies it).
@@ -378,7 +382,8 @@ fn main() -> ExitCode {
             scenario,
             json,
             filter,
-        } => simulate(&scenario, json, filter),
+            seed,
+        } => simulate(&scenario, json, filter, seed),
         Command::Demo {
             scenario,
             speed,
@@ -618,14 +623,22 @@ fn decode(payloads: Vec<String>) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn simulate(arg: &str, json: bool, filter: Option<FilterArg>) -> anyhow::Result<ExitCode> {
-    let scenario = match beacond::scan::sim::Scenario::load(&scenario_spec(arg)) {
+fn simulate(
+    arg: &str,
+    json: bool,
+    filter: Option<FilterArg>,
+    seed: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let mut scenario = match beacond::scan::sim::Scenario::load(&scenario_spec(arg)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::from(2));
         }
     };
+    if let Some(seed) = seed {
+        scenario.seed = seed;
+    }
     let report = beacond::simulate::run(scenario, filter.map(Into::into), |_, _| {});
     if json {
         println!("{}", serde_json::to_string(&report)?);

@@ -64,6 +64,8 @@ pub struct Metrics {
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
+    /// The seed shoppers and radio were drawn from.
+    pub seed: u64,
     /// The smoothing filter of the engine run.
     pub filter: SmoothingFilter,
     /// Simulated seconds.
@@ -226,6 +228,7 @@ pub fn run_tuned(
     report.rules = offers.counts().clone();
     Report {
         scenario: sim.scenario().name.clone(),
+        seed: sim.scenario().seed,
         filter: presence.filter,
         simulated_s: sim.scenario().duration_s,
         adverts,
@@ -357,8 +360,9 @@ impl Report {
     /// A table for people.
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "scenario {} ({} s simulated, {} adverts, {} customers, {:.1} customer-hours) in {:.2} s\n",
+            "scenario {} seed {} ({} s simulated, {} adverts, {} customers, {:.1} customer-hours) in {:.2} s\n",
             self.scenario,
+            self.seed,
             self.simulated_s,
             self.adverts,
             self.customers,

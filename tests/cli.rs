@@ -185,6 +185,30 @@ fn simulate_json_has_the_metric_keys_at_the_top_and_under_baseline() {
     }
 }
 
+fn simulate_json(args: &[&str]) -> Value {
+    let out = beacond()
+        .arg("simulate")
+        .args(args)
+        .arg("--json")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn simulate_seed_runs_the_same_store_with_other_shoppers_reproducibly() {
+    let own = simulate_json(&["boutique"]);
+    let a = simulate_json(&["boutique", "--seed", "7"]);
+    let b = simulate_json(&["boutique", "--seed", "7"]);
+    assert_eq!(own["seed"], 11, "the scenario's own seed is reported");
+    assert_eq!(a["seed"], 7);
+    assert_eq!(a["adverts"], b["adverts"]);
+    assert_eq!(a["zone_accuracy"], b["zone_accuracy"]);
+    assert_ne!(a["adverts"], own["adverts"], "another seed, other shoppers");
+}
+
 #[test]
 fn simulate_rejects_an_unknown_scenario_clearly() {
     beacond()
