@@ -1,5 +1,5 @@
 //! The presence engine against the simulator's ground truth: it must beat the naive baseline on the
-//! shipped scenarios, and the supermarket must stay near the product's bars. These are regression
+//! shipped scenarios, and the supermarket must meet the product's bars. These are regression
 //! guards on quality; docs/presence.md has the full numbers.
 
 use beacond::config::SmoothingFilter;
@@ -63,14 +63,14 @@ fn engine_beats_the_baseline_on_every_shipped_scenario() {
 }
 
 #[test]
-fn supermarket_stays_near_the_product_bars() {
+fn supermarket_meets_the_product_bars() {
     let r = report("supermarket");
     let e = &r.engine;
     let absence = 15.0;
-    assert!(e.zone_accuracy >= 0.945, "{e:?}");
+    assert!(e.zone_accuracy >= 0.95, "{e:?}");
     assert!(e.enter_latency_p95_s <= 5.0, "{e:?}");
     assert!(e.exit_latency_p95_s <= absence + 5.0, "{e:?}");
-    assert!(e.flaps_per_customer_hour <= 0.15, "{e:?}");
+    assert!(e.flaps_per_customer_hour <= 0.1, "{e:?}");
     assert_eq!(e.missed_visits, 0, "{e:?}");
 }
 

@@ -197,6 +197,15 @@ impl Smoother {
         }
     }
 
+    /// How fast the estimate is moving, dB/s: the level-and-trend filter's trend, 0 for filters that
+    /// do not model one.
+    pub fn trend(&self) -> f32 {
+        match self {
+            Smoother::Trend { v, .. } => *v,
+            _ => 0.0,
+        }
+    }
+
     /// The current estimate.
     pub fn value(&self) -> f32 {
         match self {

@@ -8,8 +8,11 @@
 //! - every (identity, hub) pair has a smoothed RSSI ([`filter`]);
 //! - a zone *qualifies* while its hub's smoothed RSSI stays at or above `enter_rssi`; after
 //!   `min_enter_s` of that, the identity may enter it;
-//! - it leaves when the smoothed RSSI drops below `exit_rssi` (hysteresis: below `enter_rssi`), or when
-//!   the zone's hub has not heard it for `absence_timeout_s` (inclusive: exactly at the boundary counts);
+//! - it leaves when the smoothed RSSI drops `exit_margin_db` below the level the visit settled at
+//!   (kept between `exit_rssi` and `enter_rssi`), or when the zone's hub has not heard it for
+//!   `absence_timeout_s` (inclusive: exactly at the boundary counts); a drop another hub corroborates
+//!   (it hears the device coming closer) is anticipated along its trend, one nothing corroborates must
+//!   go a little further (see [`leaves`]);
 //! - when several zones qualify, the strongest smoothed signal wins, and a customer inside a zone only
 //!   moves to another one that is `switch_margin_db` stronger, so standing on a boundary does not
 //!   ping-pong. Between nested zones of one hub, the tighter zone (higher `enter_rssi`) wins.
@@ -722,6 +725,12 @@ impl Engine {
                 _ => {}
             }
         }
+        let trend = track.hub(heard_on).map_or(0.0, |h| h.smoother.trend());
+        let approaching = track.hubs.iter().any(|h| {
+            h.hub != heard_on
+                && now.since(h.last_heard) < RECENT_MS
+                && h.smoother.trend() >= APPROACH_DB_PER_S
+        });
         // Leave the current zone when its own hub's signal falls below the exit threshold.
         if let Some(v) = track.visit.as_mut() {
             let zone = &self.zones[v.zone as usize];
@@ -734,7 +743,7 @@ impl Engine {
                     params.exit_margin_db,
                     params.hysteresis,
                 );
-                if value < threshold {
+                if leaves(value, trend, threshold, approaching, params.hysteresis) {
                     self.exit(slot, now, ExitReason::Signal, out);
                 }
             }
@@ -970,6 +979,34 @@ impl Engine {
                 count_in(t, v.zone, next, &mut self.counts);
             }
         }
+    }
+}
+
+/// Another hub hearing the device within this long counts as hearing it now, ms.
+const RECENT_MS: u64 = 2_000;
+/// Another hub's smoothed signal rising at least this fast, dB/s, says the device is walking toward
+/// it: about what a walker 10–15 m from a hub produces under path-loss exponents of 2–2.5.
+const APPROACH_DB_PER_S: f32 = 1.0;
+/// How far ahead a corroborated departure is anticipated along the signal's trend, s.
+const ANTICIPATE_S: f32 = 2.0;
+/// How much further below the exit threshold a drop nothing corroborates must go, dB.
+const UNCORROBORATED_DB: f32 = 0.75;
+
+/// Whether a visit whose hub now reads `value` (moving at `trend` dB/s) ends at `threshold`.
+///
+/// A smoothed signal lags someone walking out by a second or more, while a standing customer's
+/// signal also sags now and then (slow shadowing as people and trolleys move around them). What
+/// tells the two apart is that walking changes every hub's signal at once: when another hub hears the
+/// device coming closer, the drop is a departure and the exit is taken where the falling trend will be
+/// [`ANTICIPATE_S`] from now; when nothing corroborates it, the drop must go [`UNCORROBORATED_DB`]
+/// further. Without hysteresis (the naive baseline) the threshold is taken as it is.
+fn leaves(value: f32, trend: f32, threshold: f32, approaching: bool, hysteresis: bool) -> bool {
+    if !hysteresis {
+        value < threshold
+    } else if approaching {
+        value + trend.min(0.0) * ANTICIPATE_S < threshold
+    } else {
+        value < threshold - UNCORROBORATED_DB
     }
 }
 

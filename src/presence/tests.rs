@@ -171,7 +171,8 @@ fn a_strong_signal_exits_as_soon_as_it_falls_below_enter() {
 
 #[test]
 fn a_middling_signal_exits_at_its_margin_below_the_settled_level() {
-    // Settled at -66: the exit threshold is -66 - 8 = -74, between exit_rssi and enter_rssi.
+    // Settled at -66: the exit threshold is about -66 - 8 = -74, between exit_rssi and enter_rssi;
+    // with no other hub corroborating a departure the drop must clear it by UNCORROBORATED_DB.
     let mut h = Harness::new(&[zone("a", None, -70, -80)]);
     h.hear_for(ALICE, 0, -66, 30.0);
     h.visits();
@@ -183,6 +184,11 @@ fn a_middling_signal_exits_at_its_margin_below_the_settled_level() {
         "exited above the margin"
     );
     h.hear(ALICE, 0, -75);
+    assert!(
+        h.visits().is_empty(),
+        "exited within the uncorroborated margin"
+    );
+    h.hear(ALICE, 0, -76);
     assert!(h
         .visits()
         .iter()
@@ -531,4 +537,85 @@ fn a_reload_does_not_repeat_dwell_marks_already_sent() {
     h.hear_for(ALICE, 0, -65, 30.0);
     let v = h.visits();
     assert_eq!(marks(&v), 1, "only the 60 s mark is new: {v:?}");
+}
+
+#[test]
+fn an_uncorroborated_drop_must_clear_the_threshold_by_a_margin() {
+    // Alone, a dip just under the threshold is not yet an exit; a departure another hub corroborates
+    // is taken where its falling trend will be; the baseline takes the threshold as it is.
+    assert!(!leaves(-74.5, 0.0, -74.0, false, true));
+    assert!(leaves(
+        -74.0 - UNCORROBORATED_DB - 0.1,
+        0.0,
+        -74.0,
+        false,
+        true
+    ));
+    assert!(leaves(-73.0, -1.0, -74.0, true, true));
+    assert!(
+        !leaves(-73.0, 0.5, -74.0, true, true),
+        "a rising signal is not anticipated down"
+    );
+    assert!(!leaves(-73.0, -1.0, -74.0, false, true));
+    assert!(leaves(-74.5, 0.0, -74.0, false, false));
+}
+
+/// When the engine lets a customer who walks from zone a toward hub-2 go, with hub-2 hearing the
+/// approach or not.
+fn departure_exit_ms(corroborated: bool) -> u64 {
+    let zones = [
+        zone("a", Some("hub-1"), -70, -80),
+        zone("b", Some("hub-2"), -60, -70),
+    ];
+    let mut p = params(100);
+    p.filter = FilterParams::tuned(FilterKind::Trend);
+    let mut h = Harness::with(&zones, p);
+    for _ in 0..100 {
+        h.hear(ALICE, 0, -62);
+        h.hear(ALICE, 1, -90);
+        h.now += 200;
+    }
+    assert_eq!(h.visits(), vec![(VisitKind::Enter, 0, 2000)]);
+    // Walking out: a's signal falls 2 dB/s; hub-2's rises 2 dB/s when it hears the approach.
+    let start = h.now;
+    for i in 1..=100u64 {
+        let a = -62.0 - 2.0 * (i as f64 * 0.2);
+        let b = if corroborated {
+            -90.0 + 2.0 * (i as f64 * 0.2)
+        } else {
+            -90.0
+        };
+        h.hear(ALICE, 0, a.round() as i16);
+        h.hear(ALICE, 1, b.round() as i16);
+        h.now += 200;
+        let exits: Vec<_> = h
+            .visits()
+            .into_iter()
+            .filter(|v| matches!(v.0, VisitKind::Exit { .. }))
+            .collect();
+        if let Some(&(kind, zone, at)) = exits.first() {
+            assert_eq!(zone, 0);
+            assert!(matches!(
+                kind,
+                VisitKind::Exit {
+                    reason: ExitReason::Signal,
+                    ..
+                }
+            ));
+            return at - (start - T0);
+        }
+    }
+    panic!("never exited");
+}
+
+#[test]
+fn a_departure_another_hub_corroborates_exits_sooner() {
+    let alone = departure_exit_ms(false);
+    let corroborated = departure_exit_ms(true);
+    // The raw signal crosses enter_rssi (-70) 4 s into the walk.
+    assert!(alone > 4_000, "left before the signal fell: {alone} ms");
+    assert!(
+        corroborated + 500 <= alone,
+        "corroborated {corroborated} ms vs alone {alone} ms"
+    );
 }
