@@ -26,6 +26,13 @@ fn write_config(path: &Path, data: &Path, zones: &str) {
     .unwrap();
 }
 
+fn presence_in(records: &[Value], zone: &str) -> usize {
+    records
+        .iter()
+        .filter(|v| v["type"] == "presence" && v["zone"] == zone)
+        .count()
+}
+
 #[test]
 fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_while_running() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,14 +41,7 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_while_running() {
     let log = dir.path().join("daemon.log");
     let (mut child, lines) =
         common::start_daemon_collecting(&cfg, Some(&log), Some("beacond=info"));
-    let presence = |zone: &str| {
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| v["type"] == "presence" && v["zone"] == zone)
-            .count()
-    };
+    let presence = |zone: &str| presence_in(&lines.lock().unwrap(), zone);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !(presence("window") > 0 && presence("rails") > 0) {
@@ -94,11 +94,25 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_while_running() {
         log_text().contains("config reloaded")
     });
     let window_before = presence("window");
-    wait_until(
-        "window events after the reload",
-        Duration::from_secs(60),
-        || presence("window") > window_before + 2,
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while presence("window") <= window_before + 2 {
+        // Say what the daemon did, so a failure here can be diagnosed from CI's output alone.
+        let records = lines.lock().unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "window events after the reload: {} before, {} now; {} records ({} since the reload), \
+             running: {}; last records: {:?}\nlog:\n{}",
+            window_before,
+            presence_in(&records, "window"),
+            records.len(),
+            records.len() - mark,
+            child.try_wait().unwrap().is_none(),
+            &records[records.len().saturating_sub(5)..],
+            log_text()
+        );
+        drop(records);
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let after: Vec<Value> = lines.lock().unwrap()[mark..].to_vec();
     for v in after.iter().filter(|v| v["zone"] == "rails") {
         assert_eq!(v["event"], "exit", "{v}");
