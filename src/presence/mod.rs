@@ -725,27 +725,30 @@ impl Engine {
                 _ => {}
             }
         }
-        let trend = track.hub(heard_on).map_or(0.0, |h| h.smoother.trend());
-        let approaching = track.hubs.iter().any(|h| {
-            h.hub != heard_on
-                && now.since(h.last_heard) < RECENT_MS
-                && h.smoother.trend() >= APPROACH_DB_PER_S
-        });
         // Leave the current zone when its own hub's signal falls below the exit threshold.
-        if let Some(v) = track.visit.as_mut() {
+        let visit_here = track
+            .visit
+            .filter(|v| self.zones[v.zone as usize].hub == heard_on);
+        if let Some(v) = visit_here {
+            // Only asked of the visit's own hub, so most observations skip the look at the others.
+            let trend = track.hub(heard_on).map_or(0.0, |h| h.smoother.trend());
+            let approaching = track.hubs.iter().any(|h| {
+                h.hub != heard_on
+                    && now.since(h.last_heard) < RECENT_MS
+                    && h.smoother.trend() >= APPROACH_DB_PER_S
+            });
             let zone = &self.zones[v.zone as usize];
-            if zone.hub == heard_on {
-                let threshold = exit_threshold(
-                    zone,
-                    v,
-                    value,
-                    now,
-                    params.exit_margin_db,
-                    params.hysteresis,
-                );
-                if leaves(value, trend, threshold, approaching, params.hysteresis) {
-                    self.exit(slot, now, ExitReason::Signal, out);
-                }
+            let v = track.visit.as_mut().expect("checked above");
+            let threshold = exit_threshold(
+                zone,
+                v,
+                value,
+                now,
+                params.exit_margin_db,
+                params.hysteresis,
+            );
+            if leaves(value, trend, threshold, approaching, params.hysteresis) {
+                self.exit(slot, now, ExitReason::Signal, out);
             }
         }
         let track = self.tracks[slot as usize].as_ref().expect("live track");
