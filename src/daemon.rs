@@ -546,13 +546,7 @@ async fn reload_on_hangup(
             Err(e) => {
                 tracing::error!("config reload rejected, the running config stays:\n{e}");
                 let first = e.to_string().lines().next().unwrap_or_default().to_owned();
-                let notice = CoreCommand::Notice {
-                    key: "reload".into(),
-                    message: Some(format!(
-                        "config reload rejected, running the previous config: {first}"
-                    )),
-                };
-                if commands.send(notice).await.is_err() {
+                if commands.send(reload_rejected(&first)).await.is_err() {
                     return;
                 }
                 continue;
@@ -569,13 +563,11 @@ async fn reload_on_hangup(
                 Ok(s) => target = Some(s),
                 Err(e) => {
                     tracing::error!("config reload rejected, the running config stays: {e}");
-                    let notice = CoreCommand::Notice {
-                        key: "reload".into(),
-                        message: Some(format!(
-                            "config reload rejected, running the previous config: {e}"
-                        )),
-                    };
-                    if commands.send(notice).await.is_err() {
+                    if commands
+                        .send(reload_rejected(&e.to_string()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     continue;
@@ -592,7 +584,7 @@ async fn reload_on_hangup(
             }
         }
         let clear = CoreCommand::Notice {
-            key: "reload".into(),
+            key: RELOAD_NOTICE.into(),
             message: None,
         };
         if commands.send(clear).await.is_err() {
@@ -652,6 +644,19 @@ async fn reload_on_hangup(
             return;
         }
         current = new;
+    }
+}
+
+/// The key of the retained status warning a rejected reload leaves until a good one.
+const RELOAD_NOTICE: &str = "reload";
+
+/// The warning for a reload rejected because of `why`, shown in the retained status.
+fn reload_rejected(why: &str) -> CoreCommand {
+    CoreCommand::Notice {
+        key: RELOAD_NOTICE.into(),
+        message: Some(format!(
+            "config reload rejected, running the previous config: {why}"
+        )),
     }
 }
 
