@@ -12,6 +12,28 @@ pub fn is_locked(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("acquire lock"))
 }
 
+/// How long a lock may take to go after its holder closed the database, ms.
+const LOCK_GRACE_MS: u64 = 500;
+
+/// Opens with `open`, trying again for a short while if the lock is held: sled lets go of its lock
+/// file from background threads a moment after the last handle is dropped, so a successor opening
+/// right after a close (a restart, a reopen, a CLI tool after the daemon stopped) would otherwise be
+/// told the database is in use.
+fn open_waiting_for_lock<T>(
+    dir: &Path,
+    open: &impl Fn(&Path) -> Result<T, sled::Error>,
+) -> Result<T, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_GRACE_MS);
+    loop {
+        match open(dir) {
+            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens the database at `dir` with `open`; if it fails for any reason but a lock held by another
 /// process, moves `dir` to `dir.broken-<unix time>` and opens a new one. `what` names it in the log.
 pub fn open_or_move_aside<T>(
@@ -19,7 +41,7 @@ pub fn open_or_move_aside<T>(
     what: &str,
     open: impl Fn(&Path) -> Result<T, sled::Error>,
 ) -> Result<(T, MovedAside), sled::Error> {
-    match open(dir) {
+    match open_waiting_for_lock(dir, &open) {
         Ok(db) => Ok((db, None)),
         Err(e) if is_locked(&e) => Err(e),
         Err(e) => {
