@@ -21,6 +21,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../config/sim/supermarket.toml"),
     ),
     ("hard", include_str!("../../../config/sim/hard.toml")),
+    (
+        "pharmacy",
+        include_str!("../../../config/sim/pharmacy.toml"),
+    ),
 ];
 
 /// A whole scenario.
