@@ -95,13 +95,7 @@ fn sync_customers(broker: &Broker) {
         {"id": "c-app", "app_key": hex::encode(APP_KEY)},
     ]});
     let payloads = publish::prepare(&platform_key(), &body.to_string(), "test", 10).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(publish::publish(
-        &broker.url(),
-        &format!("beacond/{STORE}/sync/customers"),
-        payloads,
-    ))
-    .unwrap();
+    broker.publish_sync(STORE, payloads);
 }
 
 /// A background driver: the three customers' devices advertise every 100 ms with a varying RSSI.
@@ -379,11 +373,7 @@ fn scan_with_no_config_shows_what_the_adapter_hears() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -1,5 +1,7 @@
 //! The field engineer's tools through the binary: `scan`, `record` → `replay`, and `calibrate`.
 
+mod common;
+
 use assert_cmd::Command;
 use serde_json::Value;
 use std::path::Path;
@@ -23,11 +25,7 @@ fn scan_runs_without_a_config_on_the_simulated_store_and_streams_json() {
         .env_remove("BEACOND_CONFIG")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let rows = json_lines(&out.stdout);
     assert!(rows.len() > 10);
     for r in &rows {
@@ -110,11 +108,7 @@ fn a_recording_replays_through_the_whole_pipeline() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let lines = std::fs::read_to_string(&rec).unwrap();
     let n = lines.lines().count() - 1;
     assert!(n > 500, "{n} adverts recorded");
@@ -136,11 +130,7 @@ fn a_recording_replays_through_the_whole_pipeline() {
         .timeout(std::time::Duration::from_secs(60))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let records = json_lines(&out.stdout);
     let stats: Vec<&Value> = records.iter().filter(|r| r["type"] == "stats").collect();
     assert!(!stats.is_empty());

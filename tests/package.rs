@@ -2,6 +2,8 @@
 //! README's package-contents list says, with the config files as conffiles and the maintainer
 //! scripts that create the system user.
 
+mod common;
+
 use std::process::Command;
 
 fn readme_contents() -> Vec<String> {
@@ -43,11 +45,7 @@ fn the_package_holds_what_the_readme_says() {
         .current_dir(root)
         .output()
         .expect("cargo-deb (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let deb = std::fs::read_dir(out_dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -42,13 +42,7 @@ fn config(dir: &Path, url: &str, speed: f64) -> PathBuf {
 }
 
 fn send(broker: &Broker, payloads: Vec<Vec<u8>>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(publish::publish(
-        &broker.url(),
-        &format!("beacond/{STORE}/sync/customers"),
-        payloads,
-    ))
-    .unwrap();
+    broker.publish_sync(STORE, payloads);
 }
 
 fn batch(body: Value) -> Vec<Vec<u8>> {

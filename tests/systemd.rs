@@ -1,6 +1,8 @@
 //! The systemd unit and the D-Bus policy as shipped: `systemd-analyze verify` accepts the unit,
 //! `systemd-analyze security` rates it OK or better, and dbus-daemon loads the policy.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -97,11 +99,7 @@ fn dbus_daemon_loads_the_policy() {
         .args(["--fork", "--print-pid"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     Command::new("kill").arg(&pid).status().unwrap();
 }

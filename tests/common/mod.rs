@@ -1,5 +1,5 @@
-//! Test harness shared by the MQTT tests: a real Mosquitto on a free loopback port, a subscriber that
-//! records everything, and the daemon as a child process.
+//! Test harness shared by the integration tests: a real Mosquitto on a free loopback port, a
+//! subscriber that records everything, the daemon as a child process, and checks on commands run.
 
 #![allow(dead_code)]
 
@@ -13,6 +13,29 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
+
+/// Asserts that a command exited successfully, showing its stderr if not, and hands its output on.
+#[track_caller]
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Broker {
+    /// Publishes signed sync payloads to a store's customer topic, as the central platform would.
+    pub fn publish_sync(&self, store: &str, payloads: Vec<Vec<u8>>) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(beacond::identity::publish::publish(
+            &self.url(),
+            &format!("beacond/{store}/sync/customers"),
+            payloads,
+        ))
+        .unwrap();
+    }
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
