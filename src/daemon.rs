@@ -455,7 +455,19 @@ async fn run_core(
                 }
                 CoreCommand::Tokens(t) => core.install_tokens(t),
                 CoreCommand::Reload(cfg) => {
-                    core.reconfigure(&cfg, clock.now().min(mark), &mut events);
+                    // Visits in zones the new config drops end first and are sent while their zone
+                    // still has its name: after the swap their zone index points past the new list.
+                    let now = clock.now().min(mark);
+                    let mut ended = Vec::new();
+                    core.end_visits_in_dropped_zones(&cfg, now, &mut ended);
+                    for e in &ended {
+                        for r in records_of(&core, &mut offers, e) {
+                            if tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    core.reconfigure(&cfg, now, &mut events);
                     offers.reload(&cfg);
                     tracing::info!(zones = cfg.zones.len(), "config reloaded: zones and presence settings applied");
                 }

@@ -156,8 +156,21 @@ impl Core {
         }
     }
 
+    /// Ends the visits in zones `cfg` drops (reason `reconfigured`), while their zones still have
+    /// their names: render what lands in `out` before calling [`Core::reconfigure`].
+    pub fn end_visits_in_dropped_zones(
+        &mut self,
+        cfg: &crate::config::Config,
+        now: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        self.engine
+            .end_visits_in_dropped_zones(&cfg.zones, now, out);
+    }
+
     /// Applies reloaded zones and presence parameters at `now`, keeping who is where (see
-    /// [`Engine::reconfigure`]); visits in removed zones end in `out`.
+    /// [`Engine::reconfigure`]); visits in removed zones end in `out` unless
+    /// [`Core::end_visits_in_dropped_zones`] ended them already.
     pub fn reconfigure(
         &mut self,
         cfg: &crate::config::Config,

@@ -6,6 +6,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use beacond::pipeline::Core;
+use beacond::presence::{Engine, EngineParams, Event};
+use beacond::scan::sim::{Scenario, Simulation};
+use beacond::sink::{render, Record};
 use common::bluez::wait_until;
 use common::signal;
 use serde_json::Value;
@@ -195,4 +199,65 @@ fn sighup_applies_scan_filters_and_the_log_level_in_place() {
     );
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
+}
+
+/// The daemon's reload sequence on the sans-IO core, at the moment that matters: a customer is in
+/// the zone the new config drops. Their exit must be named after the zone they were in; the zone's
+/// index means nothing once the new zones are in place (rendering it after the swap once crashed the
+/// daemon: "index out of bounds: the len is 1 but the index is 1").
+#[test]
+fn a_reload_that_drops_a_zone_names_the_visits_it_ends() {
+    let mut sim = Simulation::new(Scenario::load("builtin:boutique").unwrap());
+    let cfg = sim.scenario().as_config();
+    let engine = Engine::new(
+        &cfg.zones,
+        EngineParams::from_config(&cfg.presence),
+        &cfg.hub.hub_id,
+    );
+    let mut core = Core::new(engine, sim.directory().clone(), sim.hub_names(), 1);
+    let dropped = cfg.zones.last().unwrap().id.clone();
+    let mut events = Vec::new();
+    // Run until someone enters the last zone.
+    let now = loop {
+        let a = sim.next_advert().expect("someone enters the last zone");
+        core.handle_advert(&a, &mut events);
+        let entered = events.iter().any(|e| {
+            matches!(render(&core, e), Record::Presence(p) if p.event == "enter" && p.zone == dropped)
+        });
+        events.clear();
+        if entered {
+            break a.at;
+        }
+    };
+    let mut new_cfg = cfg.clone();
+    new_cfg.zones.pop();
+
+    let mut ended = Vec::new();
+    core.end_visits_in_dropped_zones(&new_cfg, now, &mut ended);
+    let named: Vec<(String, Option<&str>)> = ended
+        .iter()
+        .filter_map(|e| match render(&core, e) {
+            Record::Presence(p) => Some((p.zone, p.reason)),
+            _ => None,
+        })
+        .collect();
+    assert!(!named.is_empty());
+    assert!(named
+        .iter()
+        .all(|(z, r)| *z == dropped && *r == Some("reconfigured")));
+    core.reconfigure(&new_cfg, now, &mut events);
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Visit(_))),
+        "the swap ended visits again: {events:?}"
+    );
+    // Everything after the swap renders against the new zones.
+    for _ in 0..20_000 {
+        let Some(a) = sim.next_advert() else { break };
+        core.handle_advert(&a, &mut events);
+        for e in events.drain(..) {
+            if let Record::Presence(p) = render(&core, &e) {
+                assert_ne!(p.zone, dropped);
+            }
+        }
+    }
 }

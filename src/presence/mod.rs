@@ -361,6 +361,33 @@ impl Engine {
         }
     }
 
+    /// Ends, with reason `reconfigured`, every visit in a zone that `zones` (a new config) no longer
+    /// has. [`Engine::reconfigure`] does this first; a caller that turns events into names calls it
+    /// before, so the exits are named while their zones are still the engine's (their zone index
+    /// means nothing once the new zones are in place).
+    pub fn end_visits_in_dropped_zones(
+        &mut self,
+        zones: &[ZoneConfig],
+        now: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        let now = now.max(self.now);
+        let kept: Vec<bool> = self
+            .zones
+            .iter()
+            .map(|z| zones.iter().any(|n| n.id == z.id))
+            .collect();
+        for slot in 0..self.tracks.len() {
+            let gone = self.tracks[slot]
+                .as_ref()
+                .and_then(|t| t.visit)
+                .is_some_and(|v| !kept[v.zone as usize]);
+            if gone {
+                self.exit(slot as u32, now, ExitReason::Reconfigured, out);
+            }
+        }
+    }
+
     /// Applies new zones and parameters (a config reload) without losing who is where: tracks,
     /// their smoothed signal and visits in zones that still exist (by id) carry over, thresholds and
     /// timeouts take effect from `now`, and a visit in a zone that is gone ends with reason
@@ -373,20 +400,12 @@ impl Engine {
         now: Timestamp,
         out: &mut Vec<Event>,
     ) {
+        self.end_visits_in_dropped_zones(zones, now, out);
         let mut new = Engine::new(zones, params, default_hub);
         let hub_map: Vec<Option<HubIdx>> = self.hubs.iter().map(|h| new.hub_index(h)).collect();
         let zone_map: Vec<Option<ZoneIdx>> =
             self.zones.iter().map(|z| new.zone_index(&z.id)).collect();
         let now = now.max(self.now);
-        for slot in 0..self.tracks.len() {
-            let gone = self.tracks[slot]
-                .as_ref()
-                .and_then(|t| t.visit)
-                .is_some_and(|v| zone_map[v.zone as usize].is_none());
-            if gone {
-                self.exit(slot as u32, now, ExitReason::Reconfigured, out);
-            }
-        }
         for t in self.tracks.iter_mut().flatten() {
             t.hubs.retain_mut(|h| match hub_map[h.hub as usize] {
                 Some(n) => {
