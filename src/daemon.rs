@@ -27,8 +27,6 @@ use std::sync::{Arc, Mutex};
 const ADVERT_QUEUE: usize = 8192;
 /// Records waiting for the sink.
 const RECORD_QUEUE: usize = 1024;
-/// sled's page cache for the spool: its default is 1 GiB, the whole RAM of a hub.
-const SPOOL_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// Commands for the core (directory changes, token tables, counters).
 const COMMAND_QUEUE: usize = 64;
 /// Sync batches waiting for the sync stage.
@@ -158,8 +156,8 @@ pub async fn run_with(
             stage: "hub.data_dir",
             message: format!("{}: {e}", cfg.hub.data_dir.display()),
         })?;
-        let (spool, report) = Spool::open(&dir, cfg.mqtt.spool_max_bytes, SPOOL_CACHE_BYTES)
-            .map_err(|e| DaemonError::Stage {
+        let (spool, report) =
+            Spool::open(&dir, cfg.mqtt.spool_max_bytes).map_err(|e| DaemonError::Stage {
                 stage: "spool",
                 message: e.to_string(),
             })?;

@@ -1,6 +1,6 @@
-//! Opening sled databases the way a hub that nobody watches needs: a database that will not open is
-//! moved aside and a fresh one started (refusing to run is worse than starting over), but one that is
-//! merely in use by another process is left alone.
+//! Opening the hub's on-disk stores the way a hub that nobody watches needs: a store that will not
+//! open is moved aside and a fresh one started (refusing to run is worse than starting over), but one
+//! that is merely in use by another process is left alone.
 
 use std::path::{Path, PathBuf};
 
@@ -45,18 +45,25 @@ pub fn open_or_move_aside<T>(
         Ok(db) => Ok((db, None)),
         Err(e) if is_locked(&e) => Err(e),
         Err(e) => {
-            let aside = dir.with_extension(format!(
-                "broken-{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-            ));
-            tracing::error!(path = %dir.display(), moved_to = %aside.display(), error = %e,
-                "{what} would not open; moved aside, starting a new one");
-            let _ = std::fs::rename(dir, &aside);
+            let aside = move_aside(dir, what, &e);
             let db = open(dir)?;
             Ok((db, Some((aside, e.to_string()))))
         }
     }
+}
+
+/// Moves a store that would not open to `dir.broken-<unix time>` (kept for inspection) and logs it;
+/// returns where it went. `what` names the store in the log.
+pub fn move_aside(dir: &Path, what: &str, error: &dyn std::fmt::Display) -> PathBuf {
+    let aside = dir.with_extension(format!(
+        "broken-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    ));
+    tracing::error!(path = %dir.display(), moved_to = %aside.display(), error = %error,
+        "{what} would not open; moved aside, starting a new one");
+    let _ = std::fs::rename(dir, &aside);
+    aside
 }

@@ -52,8 +52,7 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
     let settings = Settings::from_config(&cfg, beacond::daemon::config_hash(&cfg)).unwrap();
     let topics = settings.topics().clone();
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) =
-        beacond::sink::spool::Spool::open(&dir.path().join("s"), 1 << 20, 1 << 20).unwrap();
+    let (spool, _) = beacond::sink::spool::Spool::open(&dir.path().join("s"), 1 << 20).unwrap();
     let mut counts = std::collections::HashMap::new();
     let mut periodic_checked = 0;
     let mut offers = beacond::offers::stage::OfferStage::new(&cfg);

@@ -280,7 +280,7 @@ fn an_opt_out_removes_unsent_events_from_the_spool() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let spool_dir = dir.path().join("spool");
     rt.block_on(async {
-        let (spool, _) = Spool::open(&spool_dir, 1 << 24, 1 << 20).unwrap();
+        let (spool, _) = Spool::open(&spool_dir, 1 << 24).unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let (_trigger, shutdown) = beacond::shutdown::channel();
         let health = std::sync::Arc::new(std::sync::Mutex::new(Health::default()));
@@ -298,7 +298,7 @@ fn an_opt_out_removes_unsent_events_from_the_spool() {
         drop(tx);
         task.await.unwrap();
     });
-    let (spool, _) = Spool::open(&spool_dir, 1 << 24, 1 << 20).unwrap();
+    let (spool, _) = Spool::open(&spool_dir, 1 << 24).unwrap();
     let left = spool.batch_from(0, 10_000).unwrap();
     let named: Vec<Option<String>> = left.iter().map(|e| e.message.customer.clone()).collect();
     assert!(!named.iter().any(|c| c.as_deref() == Some(victim.as_str())));
