@@ -481,31 +481,15 @@ impl Spool {
                 found.push((u64::from_be_bytes(key), m));
             }
         }
-        // Numbers continue after those already in the log, keeping the old order.
+        // Numbers continue after those already in the log, keeping the old order. A crash before the
+        // old files are gone carries them over again next time: sent twice, which at-least-once
+        // delivery allows.
         let base = self.next_seq;
-        let mut buf = Vec::new();
-        let mut placed = Vec::new();
-        for (seq, m) in &found {
-            let record = encode(m);
-            let seq = base + seq;
-            let at = frame(KIND_MESSAGE, &[&seq.to_le_bytes(), &record], &mut buf);
-            placed.push((seq, at, record.len(), m.priority));
-        }
-        let start = self.write_active(&buf)?;
-        for (seq, at, len, priority) in placed {
-            self.index(
-                seq,
-                Loc {
-                    segment: self.active,
-                    offset: start + at,
-                    len: (len + 9) as u32,
-                    priority,
-                    cost: cost(len),
-                },
-            );
-            self.next_seq = self.next_seq.max(seq + 1);
-        }
-        self.sync_blocking()?;
+        let records = found
+            .iter()
+            .map(|(seq, m)| (base + seq, m.priority, encode(m)))
+            .collect();
+        self.place_synced(records)?;
         for name in ["conf", "db", "blobs", "snap.tmp"] {
             let p = self.path.join(name);
             let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
@@ -696,26 +680,41 @@ impl Spool {
             .filter(|(_, l)| l.segment == n)
             .map(|(s, _)| *s)
             .collect();
-        let mut buf = Vec::new();
-        let mut placed = Vec::new();
+        let mut records = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let loc = self.live[&seq];
             let body = self.read_body(loc)?;
-            let at = frame(KIND_MESSAGE, &[&body[1..]], &mut buf);
-            placed.push((seq, at, loc));
+            records.push((seq, loc.priority, body[9..].to_vec()));
+        }
+        self.place_synced(records)
+    }
+
+    /// Writes messages (number, priority, encoded message) at the end of the log, synced, and
+    /// indexes them there; a number already indexed moves to its new place.
+    fn place_synced(&mut self, records: Vec<(u64, Priority, Vec<u8>)>) -> Result<(), SpoolError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let mut offsets = Vec::with_capacity(records.len());
+        for (seq, _, record) in &records {
+            offsets.push(frame(KIND_MESSAGE, &[&seq.to_le_bytes(), record], &mut buf));
         }
         let start = self.write_active(&buf)?;
         self.sync_blocking()?;
-        for (seq, at, loc) in placed {
+        for ((seq, priority, record), at) in records.into_iter().zip(offsets) {
             self.unindex(seq);
             self.index(
                 seq,
                 Loc {
                     segment: self.active,
                     offset: start + at,
-                    ..loc
+                    len: (record.len() + 9) as u32,
+                    priority,
+                    cost: cost(record.len()),
                 },
             );
+            self.next_seq = self.next_seq.max(seq + 1);
         }
         Ok(())
     }
