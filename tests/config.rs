@@ -155,6 +155,23 @@ fn hysteresis_must_have_exit_below_enter() {
 }
 
 #[test]
+fn silence_gaps_is_zero_or_between_three_and_a_hundred() {
+    for ok in ["0", "3", "8", "100"] {
+        Config::parse(&format!("[presence]\nsilence_gaps = {ok}\n"))
+            .unwrap_or_else(|p| panic!("silence_gaps = {ok}: {p:?}"));
+    }
+    for bad in ["1", "2.5", "101", "-8", "nan"] {
+        let problems = Config::parse(&format!("[presence]\nsilence_gaps = {bad}\n")).unwrap_err();
+        assert_eq!(problems[0].key, "presence.silence_gaps", "{bad}");
+        assert_eq!(problems[0].at.line, 2, "{bad}");
+        assert!(
+            problems[0].message.contains("or 0 to leave only by"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn a_problem_with_a_default_value_points_at_its_table() {
     // exit_rssi is left at its default (-80), which is above this enter_rssi.
     let problems = Config::parse("\n[[zones]]\nid = \"a\"\nenter_rssi = -90\n").unwrap_err();

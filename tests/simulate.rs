@@ -96,6 +96,26 @@ fn supermarket_meets_the_product_bars() {
 }
 
 #[test]
+fn shoppers_who_walk_out_of_the_boutique_are_let_go_by_their_silence() {
+    // A quarter of the boutique's exits are shoppers vanishing at the door, next to the window
+    // zone: nothing but silence tells the engine, and the 15 s absence timeout alone put its exit
+    // p95 at 17 s. Their fobs advertise every 350 ms, so 8 gaps of silence is about 3 s.
+    let r = report("boutique");
+    assert!(r.engine.exit_latency_p95_s < 8.0, "{:?}", r.engine);
+    let mut sc = Scenario::load("builtin:boutique").unwrap();
+    sc.presence.silence_gaps = 0.0;
+    let timeout_only = run(sc, None, |_, _| {});
+    assert!(
+        timeout_only.engine.exit_latency_p95_s > 15.0,
+        "{:?}",
+        timeout_only.engine
+    );
+    // Leaving sooner on silence costs nothing on those who stay.
+    assert!(r.engine.flaps_per_customer_hour <= timeout_only.engine.flaps_per_customer_hour);
+    assert!(r.engine.zone_accuracy >= timeout_only.engine.zone_accuracy);
+}
+
+#[test]
 fn the_supermarket_holds_on_seeds_it_was_not_tuned_on() {
     // Other shoppers and radio draws in the same store. Accuracy and the latency bars hold on every
     // seed tried (docs/presence.md); flaps <= 0.1 and exit p50 below the baseline's do not on all of

@@ -238,6 +238,10 @@ pub struct PresenceConfig {
     /// dB below its settled level a visit's signal must fall before it exits (bounded by the zone's
     /// `enter_rssi` above and `exit_rssi` below).
     pub exit_margin_db: f64,
+    /// A visit also ends when its zone's hub has not heard the device for this many of the device's
+    /// usual gaps between adverts (and twice its longest recent one, and at least 3 s): a fob heard
+    /// every 400 ms that falls silent has left. `absence_timeout_s` still bounds it; 0 turns it off.
+    pub silence_gaps: f64,
     /// RSSI at 1 m assumed for devices that advertise none (dBm).
     pub measured_power: i16,
     /// Path-loss exponent for distance estimates (about 1.8 in groceries, 2.2 in shops).
@@ -253,6 +257,7 @@ impl Default for PresenceConfig {
             max_tracked: 10_000,
             switch_margin_db: 3.0,
             exit_margin_db: 8.0,
+            silence_gaps: 8.0,
             measured_power: -59,
             path_loss_exponent: 2.2,
             headcount_interval_s: 60,

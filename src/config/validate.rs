@@ -262,6 +262,17 @@ fn presence(cfg: &Config, p: &mut Problems) {
             ),
         ));
     }
+    if !(c.silence_gaps.is_finite()
+        && (c.silence_gaps == 0.0 || (3.0..=100.0).contains(&c.silence_gaps)))
+    {
+        p.push((
+            path.join("silence_gaps"),
+            format!(
+                "{} is out of range; use 3 to 100 gaps, or 0 to leave only by absence_timeout_s (default 8)",
+                c.silence_gaps
+            ),
+        ));
+    }
     check_power(p, path.join("measured_power"), c.measured_power);
     check_exponent(p, path.join("path_loss_exponent"), c.path_loss_exponent);
     if c.headcount_interval_s == 0 {

@@ -10,7 +10,8 @@
 //!   `min_enter_s` of that, the identity may enter it;
 //! - it leaves when the smoothed RSSI drops `exit_margin_db` below the level the visit settled at
 //!   (kept between `exit_rssi` and `enter_rssi`), or when the zone's hub has not heard it for
-//!   `absence_timeout_s` (inclusive: exactly at the boundary counts); a drop another hub corroborates
+//!   `absence_timeout_s` (inclusive: exactly at the boundary counts), or sooner when that silence is
+//!   many times the device's own usual gap between adverts (`silence_gaps`); a drop another hub corroborates
 //!   (it hears the device coming closer) is anticipated along its trend, one nothing corroborates must
 //!   go a little further (see [`leaves`]);
 //! - when several zones qualify, the strongest smoothed signal wins, and a customer inside a zone only
@@ -196,6 +197,9 @@ pub struct EngineParams {
     pub exit_margin_db: f32,
     /// Require `min_enter_s` before entering (false: enter on the first qualifying sample).
     pub sustain: bool,
+    /// A device is gone once its zone's hub has not heard it for this many of its usual gaps
+    /// between adverts (bounded by [`SILENCE_MIN_MS`] and the absence timeout); 0: only the timeout.
+    pub silence_gaps: f32,
 }
 
 impl EngineParams {
@@ -211,6 +215,7 @@ impl EngineParams {
             hysteresis: true,
             exit_margin_db: p.exit_margin_db as f32,
             sustain: true,
+            silence_gaps: p.silence_gaps as f32,
         }
     }
 
@@ -222,6 +227,7 @@ impl EngineParams {
             switch_margin_db: 0.0,
             hysteresis: false,
             sustain: false,
+            silence_gaps: 0.0,
             ..EngineParams::from_config(p)
         }
     }
@@ -245,6 +251,57 @@ struct HubState {
     hub: HubIdx,
     smoother: Smoother,
     last_heard: Timestamp,
+    /// A slow average of the gaps between adverts this hub heard, ms: the device's own rhythm.
+    gap_ms: f32,
+    /// How many gaps `gap_ms` has seen, up to `1 / GAP_ALPHA`.
+    gaps: u16,
+    /// The longest recent gap, ms, fading with [`LONGEST_GAP_TAU_MS`].
+    longest_gap_ms: f32,
+    /// The silence after which the device is gone, ms, from the gaps above (0: not known yet).
+    silence_ms: u32,
+}
+
+impl HubState {
+    fn new(hub: HubIdx, smoother: Smoother, now: Timestamp) -> HubState {
+        HubState {
+            hub,
+            smoother,
+            last_heard: now,
+            gap_ms: 0.0,
+            gaps: 0,
+            longest_gap_ms: 0.0,
+            silence_ms: 0,
+        }
+    }
+
+    /// Folds the gap since the last advert this hub heard into the device's rhythm.
+    fn learn_gap(&mut self, gap_ms: u64, silence_gaps: f32) {
+        let gap = gap_ms as f32;
+        // A plain mean of the first gaps, then an exponential one; this runs per advert, so no
+        // division once warmed up.
+        let alpha = if f32::from(self.gaps) < 1.0 / GAP_ALPHA {
+            self.gaps += 1;
+            1.0 / f32::from(self.gaps)
+        } else {
+            GAP_ALPHA
+        };
+        self.gap_ms += alpha * (gap - self.gap_ms);
+        // 1 − x for e^−x: the gaps are far shorter than the time constant.
+        let fade = (1.0 - gap * (1.0 / LONGEST_GAP_TAU_MS)).max(0.0);
+        self.longest_gap_ms = gap.max(self.longest_gap_ms * fade);
+        if silence_gaps > 0.0 && self.gaps >= SILENCE_MIN_GAPS {
+            let silence =
+                (self.gap_ms * silence_gaps).max(self.longest_gap_ms * SILENCE_LONGEST_FACTOR);
+            self.silence_ms = (silence as u32).max(SILENCE_MIN_MS as u32);
+        }
+    }
+
+    fn forget_gaps(&mut self) {
+        self.gap_ms = 0.0;
+        self.gaps = 0;
+        self.longest_gap_ms = 0.0;
+        self.silence_ms = 0;
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -586,6 +643,7 @@ impl Engine {
             None => self.insert(obs.identity, now, out),
         };
         let params = self.params.filter;
+        let silence_gaps = self.params.silence_gaps;
         let track = self.tracks[slot as usize]
             .as_mut()
             .expect("indexed slots hold a track");
@@ -606,18 +664,18 @@ impl Engine {
                     // Silent for longer than the zone's absence timeout: start over rather than
                     // blend a value from a visit that already ended.
                     h.smoother = Smoother::new(&params, rssi);
+                    h.forget_gaps();
                 } else {
                     h.smoother.update(&params, gap as f32 / 1000.0, rssi);
+                    h.learn_gap(gap, silence_gaps);
                 }
                 h.last_heard = now;
                 gap >= stale_after
             }
             None => {
-                track.hubs.push(HubState {
-                    hub: obs.hub,
-                    smoother: Smoother::new(&params, rssi),
-                    last_heard: now,
-                });
+                track
+                    .hubs
+                    .push(HubState::new(obs.hub, Smoother::new(&params, rssi), now));
                 true
             }
         };
@@ -778,7 +836,9 @@ impl Engine {
             let Some(h) = track.hub(zone.hub) else {
                 continue;
             };
-            if now.since(since) < zone.min_enter_ms || now.since(h.last_heard) >= zone.absence_ms {
+            if now.since(since) < zone.min_enter_ms
+                || now.since(h.last_heard) >= self.absence_ms(zone, Some(h))
+            {
                 continue;
             }
             let v = h.smoother.value();
@@ -892,15 +952,26 @@ impl Engine {
         }));
     }
 
+    /// How long `zone`'s hub may go without hearing a device (whose state on that hub is `h`)
+    /// before it is taken to be gone: the absence timeout, or sooner when the silence is many times
+    /// the device's usual gap between adverts — a device heard every 400 ms that has not been heard
+    /// for 4 s has left (or been switched off) far more likely than lost 10 adverts in a row.
+    fn absence_ms(&self, zone: &Zone, h: Option<&HubState>) -> u64 {
+        match h {
+            // Never later than the timeout, even one set below the 3 s floor.
+            Some(h) if h.silence_ms > 0 => u64::from(h.silence_ms).min(zone.absence_ms),
+            _ => zone.absence_ms,
+        }
+    }
+
     /// The next deadline of a track: absence or dwell mark during a visit, forgetting otherwise.
     fn next_deadline(&self, track: &Track) -> u64 {
         match track.visit {
             Some(v) => {
                 let zone = &self.zones[v.zone as usize];
-                let heard = track
-                    .hub(zone.hub)
-                    .map_or(track.last_heard, |h| h.last_heard);
-                let absence = heard.0 + zone.absence_ms;
+                let h = track.hub(zone.hub);
+                let heard = h.map_or(track.last_heard, |h| h.last_heard);
+                let absence = heard.0 + self.absence_ms(zone, h);
                 let mark = zone
                     .dwell_marks_ms
                     .get(v.next_mark)
@@ -935,12 +1006,16 @@ impl Engine {
             let Some(&mark) = zone.dwell_marks_ms.get(v.next_mark) else {
                 break;
             };
-            let heard = {
+            let (heard, absence) = {
                 let t = self.tracks[slot as usize].as_ref().expect("live track");
-                t.hub(zone.hub).map_or(t.last_heard, |h| h.last_heard)
+                let h = t.hub(zone.hub);
+                (
+                    h.map_or(t.last_heard, |h| h.last_heard),
+                    self.absence_ms(zone, h),
+                )
             };
             let mark_at = v.entered_at.0 + mark;
-            if mark_at > at.0 || mark_at > heard.0 + zone.absence_ms {
+            if mark_at > at.0 || mark_at > heard.0 + absence {
                 break;
             }
             let track = self.tracks[slot as usize].as_mut().expect("live track");
@@ -962,10 +1037,9 @@ impl Engine {
         let track = self.tracks[slot as usize].as_ref().expect("live track");
         if let Some(v) = track.visit {
             let zone = &self.zones[v.zone as usize];
-            let heard = track
-                .hub(zone.hub)
-                .map_or(track.last_heard, |h| h.last_heard);
-            let absence_at = heard.0 + zone.absence_ms;
+            let h = track.hub(zone.hub);
+            let heard = h.map_or(track.last_heard, |h| h.last_heard);
+            let absence_at = heard.0 + self.absence_ms(zone, h);
             if absence_at <= at.0 {
                 self.exit(slot, Timestamp(absence_at), ExitReason::Absence, out);
             }
@@ -1006,6 +1080,18 @@ impl Engine {
 
 /// Another hub hearing the device within this long counts as hearing it now, ms.
 const RECENT_MS: u64 = 2_000;
+/// The shortest silence taken as a departure before the absence timeout, ms.
+pub const SILENCE_MIN_MS: u64 = 3_000;
+/// A device that has once been silent for a while may do it again (a phone's advertising paused by
+/// its OS): a silence counts as a departure only past this many times the longest recent one.
+const SILENCE_LONGEST_FACTOR: f32 = 2.0;
+/// How fast the longest recent gap is forgotten, ms (its time constant).
+const LONGEST_GAP_TAU_MS: f32 = 60_000.0;
+/// Gaps a hub must have measured before its silences are judged by them.
+const SILENCE_MIN_GAPS: u16 = 8;
+/// Weight of a new gap in the average once `SILENCE_MIN_GAPS` are in: slow enough that one long
+/// silence does not teach the engine to wait for the next one.
+const GAP_ALPHA: f32 = 0.05;
 /// Another hub's smoothed signal rising at least this fast, dB/s, says the device is walking toward
 /// it: about what a walker 10–15 m from a hub produces under path-loss exponents of 2–2.5.
 const APPROACH_DB_PER_S: f32 = 1.0;

@@ -28,6 +28,14 @@ fn params(max_tracked: usize) -> EngineParams {
     p
 }
 
+/// [`params`] with departures judged only by the absence timeout, for the tests of that rule.
+fn timeout_only() -> EngineParams {
+    EngineParams {
+        silence_gaps: 0.0,
+        ..params(10_000)
+    }
+}
+
 struct Harness {
     engine: Engine,
     now: u64,
@@ -63,11 +71,40 @@ impl Harness {
 
     /// Hears `who` every 200 ms for `secs` seconds at `rssi`.
     fn hear_for(&mut self, who: Identity, hub: HubIdx, rssi: i16, secs: f64) {
+        self.hear_every(who, hub, rssi, secs, 200);
+    }
+
+    /// Hears `who` every `period_ms` for `secs` seconds at `rssi`.
+    fn hear_every(&mut self, who: Identity, hub: HubIdx, rssi: i16, secs: f64, period_ms: u64) {
         let end = self.now + (secs * 1000.0) as u64;
         while self.now < end {
             self.hear(who, hub, rssi);
-            self.now += 200;
+            self.now += period_ms;
         }
+    }
+
+    /// The time of the absence exit after `who` was last heard at `last`, stepping through
+    /// `poll_timeout` as a daemon would.
+    fn absence_exit_after(&mut self, last: u64) -> u64 {
+        self.visits();
+        while let Some(t) = self.engine.poll_timeout() {
+            assert!(t.0 >= last, "a deadline before the last advert");
+            self.advance_to(t.0);
+            if let Some(&(kind, _, at)) = self.visits().first() {
+                assert!(
+                    matches!(
+                        kind,
+                        VisitKind::Exit {
+                            reason: ExitReason::Absence,
+                            ..
+                        }
+                    ),
+                    "{kind:?}"
+                );
+                return at + T0 - last;
+            }
+        }
+        panic!("the visit never ended");
     }
 
     fn advance_to(&mut self, t: u64) {
@@ -235,7 +272,7 @@ fn dwell_marks_fire_at_their_exact_times_from_poll_timeout() {
 
 #[test]
 fn absence_timeout_is_inclusive_at_the_boundary() {
-    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    let mut h = Harness::with(&[zone("a", None, -70, -80)], timeout_only());
     h.hear_for(ALICE, 0, -65, 3.0);
     h.visits();
     let last = h.now - 200;
@@ -263,6 +300,95 @@ fn absence_timeout_is_inclusive_at_the_boundary() {
 }
 
 #[test]
+fn a_device_that_falls_silent_leaves_after_eight_of_its_usual_gaps() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_every(ALICE, 0, -65, 6.0, 400);
+    let last = h.now - 400;
+    assert_eq!(h.engine.zone_of(&ALICE), Some(0));
+    // 8 × 400 ms, well before the 10 s timeout: ten adverts lost in a row at -65 dBm is not what
+    // happened; the customer left (or switched off).
+    assert_eq!(h.absence_exit_after(last), 3_200);
+}
+
+#[test]
+fn an_advert_exactly_at_the_silence_deadline_is_too_late() {
+    for (silent_ms, leaves) in [(3_199, false), (3_200, true)] {
+        let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+        h.hear_every(ALICE, 0, -65, 6.0, 400);
+        h.visits();
+        h.now += silent_ms - 400;
+        h.hear(ALICE, 0, -65);
+        let v = h.visits();
+        assert_eq!(
+            !v.is_empty(),
+            leaves,
+            "after {silent_ms} ms of silence: {v:?}"
+        );
+        if leaves {
+            assert!(matches!(
+                v[0].0,
+                VisitKind::Exit {
+                    reason: ExitReason::Absence,
+                    ..
+                }
+            ));
+        }
+    }
+}
+
+#[test]
+fn a_silence_under_three_seconds_is_never_a_departure() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_every(ALICE, 0, -65, 6.0, 100);
+    let last = h.now - 100;
+    assert_eq!(h.absence_exit_after(last), SILENCE_MIN_MS);
+}
+
+#[test]
+fn a_device_that_paused_before_is_given_twice_that_pause() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_every(ALICE, 0, -65, 4.0, 400);
+    // A phone whose OS held its advertising back for 2.5 s, then carried on.
+    h.now += 2_100;
+    h.hear_every(ALICE, 0, -65, 4.0, 400);
+    let last = h.now - 400;
+    assert_eq!(
+        h.engine.zone_of(&ALICE),
+        Some(0),
+        "the pause ended the visit"
+    );
+    let after = h.absence_exit_after(last);
+    // Twice the pause, a little faded by the 4 s since: well past 8 gaps, well before the timeout.
+    assert!((4_500..5_000).contains(&after), "{after}");
+}
+
+#[test]
+fn too_few_adverts_to_know_the_rhythm_wait_for_the_absence_timeout() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    h.hear_every(ALICE, 0, -65, 3.0, 1000);
+    assert_eq!(h.engine.zone_of(&ALICE), Some(0));
+    assert_eq!(h.absence_exit_after(h.now - 1000), 10_000);
+}
+
+#[test]
+fn silence_gaps_zero_leaves_only_by_the_absence_timeout() {
+    let mut h = Harness::with(&[zone("a", None, -70, -80)], timeout_only());
+    h.hear_every(ALICE, 0, -65, 6.0, 400);
+    assert_eq!(h.absence_exit_after(h.now - 400), 10_000);
+}
+
+#[test]
+fn an_absence_timeout_under_three_seconds_still_bounds_the_silence() {
+    let z = ZoneConfig {
+        absence_timeout_s: 2.0,
+        ..zone("a", None, -70, -80)
+    };
+    let mut h = Harness::new(&[z]);
+    h.hear_every(ALICE, 0, -65, 6.0, 400);
+    assert_eq!(h.absence_exit_after(h.now - 400), 2_000);
+}
+
+#[test]
 fn a_late_observation_is_applied_at_engine_time() {
     let mut h = Harness::new(&[zone("a", None, -70, -80)]);
     h.hear_for(ALICE, 0, -65, 3.0);
@@ -280,7 +406,7 @@ fn a_late_observation_is_applied_at_engine_time() {
 
 #[test]
 fn a_gap_of_hours_exits_at_the_absence_deadline_and_forgets() {
-    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    let mut h = Harness::with(&[zone("a", None, -70, -80)], timeout_only());
     h.hear_for(ALICE, 0, -65, 5.0);
     h.events.clear();
     let last = h.now - 200;
