@@ -5,14 +5,17 @@
 //! Run: `cargo bench --bench identity_load` (CUSTOMERS=1000000 by default). Results go in
 //! docs/PERFORMANCE.md.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use beacond::config::Config;
 use beacond::identity::cache::Cache;
+use beacond::identity::stage::load_parts;
 use beacond::identity::sync::{sign, Accepted, SyncState};
 use beacond::identity::token::{self, TokenJob};
 use beacond::identity::Directory;
-use beacond::pipeline::{Core, DirectoryChange};
+use beacond::pipeline::Core;
 use beacond::presence::{Engine, EngineParams};
 use beacond::time::Timestamp;
 use ed25519_dalek::SigningKey;
@@ -32,6 +35,49 @@ fn mib(b: u64) -> f64 {
 }
 
 const NOW_S: u64 = 1_795_600_980;
+
+/// Live heap bytes, and the most they reached since [`reset_peak`]: what a hub must have free,
+/// which RSS (it keeps what malloc does not give back) only bounds from above.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn grew(by: isize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        grew(l.size() as isize);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        grew(new as isize - l.size() as isize);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> u64 {
+    LIVE.load(Ordering::Relaxed).max(0) as u64
+}
+
+fn reset_peak() -> u64 {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    live()
+}
+
+fn peak() -> u64 {
+    PEAK.load(Ordering::Relaxed).max(0) as u64
+}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -85,6 +131,7 @@ fn main() {
 
     // 1. Apply the snapshot as the sync stage does.
     let rss0 = rss();
+    let live0 = reset_peak();
     let t = Instant::now();
     {
         let (mut cache, _) = Cache::open(&path, 32 << 20).unwrap();
@@ -117,9 +164,19 @@ fn main() {
             state.commit(now, &a);
         }
         let staged = t.elapsed();
-        let all: Vec<_> = cache.iter().map(Result::unwrap).collect();
+        let cache_live = live();
+        // As the sync stage hands it over: the cache's list in parts.
         let mut core = new_core();
-        core.apply_change(DirectoryChange::Replace(all));
+        for part in load_parts(&cache, true) {
+            core.apply_change(part);
+        }
+        println!(
+            "  heap: the core holds {:.0} MiB live after the snapshot; peak {:.0} MiB above the start \
+             (the open cache itself {:.0} MiB)",
+            mib(live() - cache_live),
+            mib(peak() - live0),
+            mib(cache_live - live0)
+        );
         println!(
             "apply snapshot: {:.1} s (verify+parse+stage+swap {:.1} s, load into the directory {:.1} s)",
             t.elapsed().as_secs_f64(),
@@ -137,15 +194,14 @@ fn main() {
     let t = Instant::now();
     let (cache, _) = Cache::open(&path, 32 << 20).unwrap();
     let opened = t.elapsed();
-    let all: Vec<_> = cache.iter().map(Result::unwrap).collect();
-    let read = t.elapsed();
     let mut core = new_core();
-    core.apply_change(DirectoryChange::Upsert(all));
+    for part in load_parts(&cache, false) {
+        core.apply_change(part);
+    }
     println!(
-        "reopen: open {:.3} s, read {:.1} s, into the directory {:.1} s (total {:.1} s)",
+        "reopen: open {:.3} s, read into the directory {:.1} s (total {:.1} s)",
         opened.as_secs_f64(),
-        (read - opened).as_secs_f64(),
-        (t.elapsed() - read).as_secs_f64(),
+        (t.elapsed() - opened).as_secs_f64(),
         t.elapsed().as_secs_f64()
     );
 

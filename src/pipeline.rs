@@ -42,8 +42,32 @@ pub enum DirectoryChange {
     /// Forget these customers now: directory, presence state, and (through the purge record) the
     /// spool.
     Delete(Vec<String>),
-    /// These are now all the customers: everyone else is forgotten as by `Delete`.
-    Replace(Vec<CustomerEntry>),
+    /// One part of the whole customer list (the cache at start-up, or after a snapshot), in order:
+    /// a million customers come a thousand at a time, so they never sit in memory twice over. The
+    /// token tables are rebuilt once the last part is in.
+    Load {
+        /// These customers, added or changed.
+        part: Vec<CustomerEntry>,
+        /// The list starts here.
+        first: bool,
+        /// The list ends here.
+        last: bool,
+        /// With the last part: everyone no part named is forgotten as by `Delete` (a snapshot).
+        /// False for a start-up load, and for a list that could not be read whole.
+        sweep: bool,
+    },
+}
+
+impl DirectoryChange {
+    /// `all` as the whole customer list in one part: everyone else is forgotten as by `Delete`.
+    pub fn replace(all: Vec<CustomerEntry>) -> DirectoryChange {
+        DirectoryChange::Load {
+            part: all,
+            first: true,
+            last: true,
+            sweep: true,
+        }
+    }
 }
 
 /// What other stages tell the core.
@@ -227,37 +251,63 @@ impl Core {
     /// down the pipeline about them.
     pub fn apply_change(&mut self, change: DirectoryChange) -> Vec<String> {
         let mut purged = Vec::new();
-        let upserts = match change {
-            DirectoryChange::Upsert(u) => u,
+        match change {
+            DirectoryChange::Upsert(u) => {
+                // Few changes go into the overlay at once; a bulk change makes the tables stale
+                // wholesale, and rebuilding them in the background is cheaper than a big overlay.
+                let bulk = u.len() > OVERLAY_MAX;
+                let changed = self.upsert_all(u, !bulk);
+                if bulk {
+                    self.tokens.rebuild();
+                }
+                for key in changed {
+                    if let Some(entry) = self.directory.app_keys(key) {
+                        let entry = entry.clone();
+                        self.tokens.note_change(&entry);
+                    }
+                }
+            }
             DirectoryChange::Delete(ids) => {
                 for id in ids {
                     self.forget_customer(&id);
                     purged.push(id);
                 }
-                Vec::new()
             }
-            DirectoryChange::Replace(all) => {
-                let keep: rustc_hash::FxHashSet<&str> = all.iter().map(|c| c.id.as_str()).collect();
-                let gone: Vec<String> = self
-                    .directory
-                    .customer_ids()
-                    .filter(|id| !keep.contains(id))
-                    .map(str::to_owned)
-                    .collect();
-                drop(keep);
-                for id in gone {
-                    self.forget_customer(&id);
-                    purged.push(id);
+            DirectoryChange::Load {
+                part,
+                first,
+                last,
+                sweep,
+            } => {
+                if first {
+                    self.directory.begin_marking();
                 }
-                all
+                self.upsert_all(part, false);
+                if last {
+                    if sweep {
+                        for id in self.directory.unmarked() {
+                            self.forget_customer(&id);
+                            purged.push(id);
+                        }
+                    }
+                    // Once, when the whole list is in: tables built from half of it would be
+                    // thrown away a part later.
+                    self.tokens.rebuild();
+                }
             }
-        };
-        // Few changes go into the overlay at once; a bulk change (a snapshot, the start-up load) makes
-        // the tables stale wholesale, and rebuilding them in the background is cheaper than an
-        // overlay of millions.
-        let bulk = upserts.len() > OVERLAY_MAX;
+        }
+        purged
+    }
+
+    /// Writes `entries` into the directory; returns the customers whose app keys changed, when
+    /// `note_keys`.
+    fn upsert_all(
+        &mut self,
+        entries: Vec<CustomerEntry>,
+        note_keys: bool,
+    ) -> Vec<crate::identity::CustomerKey> {
         let mut changed = Vec::new();
-        for c in upserts {
+        for c in entries {
             let keys = c.keys.as_ref().map(|k| k.app_keys());
             let (key, keys_changed) = self.directory.upsert(
                 Customer {
@@ -267,20 +317,11 @@ impl Core {
                 &c.beacons,
                 keys,
             );
-            if keys_changed && !bulk {
+            if keys_changed && note_keys {
                 changed.push(key);
             }
         }
-        if bulk {
-            self.tokens.rebuild();
-        }
-        for key in changed {
-            if let Some(entry) = self.directory.app_keys(key) {
-                let entry = entry.clone();
-                self.tokens.note_change(&entry);
-            }
-        }
-        purged
+        changed
     }
 
     fn forget_customer(&mut self, id: &str) {

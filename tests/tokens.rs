@@ -220,7 +220,7 @@ fn a_bulk_change_rebuilds_the_tables_and_drops_tables_built_before_it() {
     let stale_jobs = c.poll_token_jobs(now);
     assert_eq!(stale_jobs.len(), 3);
     // A snapshot gives everyone new keys while those jobs run.
-    c.apply_change(DirectoryChange::Replace(all(2)));
+    c.apply_change(DirectoryChange::replace(all(2)));
     for j in stale_jobs {
         let t = j.run();
         c.install_tokens(t);
@@ -235,4 +235,57 @@ fn a_bulk_change_rebuilds_the_tables_and_drops_tables_built_before_it() {
         );
         assert_eq!(who(&c, &advert(&key_of(i, 1), AT, AT)), None);
     }
+}
+
+fn load(part: Vec<CustomerEntry>, first: bool, last: bool, sweep: bool) -> DirectoryChange {
+    DirectoryChange::Load {
+        part,
+        first,
+        last,
+        sweep,
+    }
+}
+
+#[test]
+fn a_snapshot_in_parts_forgets_only_the_customers_no_part_named() {
+    let mut c = core();
+    let key_of = |i: u32| {
+        let mut k = [7u8; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        k
+    };
+    let range = |r: std::ops::Range<u32>| -> Vec<CustomerEntry> {
+        r.map(|i| customer(&format!("c-{i}"), key_of(i))).collect()
+    };
+    c.apply_change(DirectoryChange::Upsert(range(0..3000)));
+    // The snapshot names 0..2000 in two parts and an empty last one.
+    assert!(c
+        .apply_change(load(range(0..1000), true, false, true))
+        .is_empty());
+    assert!(c
+        .apply_change(load(range(1000..2000), false, false, true))
+        .is_empty());
+    let mut purged = c.apply_change(load(vec![], false, true, true));
+    purged.sort();
+    let mut expected: Vec<String> = (2000..3000).map(|i| format!("c-{i}")).collect();
+    expected.sort();
+    assert_eq!(purged, expected);
+    c.build_tokens_now(Timestamp(AT * 1000));
+    assert_eq!(
+        who(&c, &advert(&key_of(1999), AT, AT)),
+        Some("c-1999".into())
+    );
+    assert_eq!(who(&c, &advert(&key_of(0), AT, AT)), Some("c-0".into()));
+    assert_eq!(who(&c, &advert(&key_of(2000), AT, AT)), None);
+}
+
+#[test]
+fn a_list_that_could_not_be_read_whole_forgets_nobody() {
+    let mut c = core();
+    let k = [9u8; 32];
+    c.apply_change(DirectoryChange::Upsert(vec![customer("c-old", k)]));
+    let purged = c.apply_change(load(vec![customer("c-new", [8u8; 32])], true, true, false));
+    assert!(purged.is_empty());
+    c.build_tokens_now(Timestamp(AT * 1000));
+    assert_eq!(who(&c, &advert(&k, AT, AT)), Some("c-old".into()));
 }

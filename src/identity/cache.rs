@@ -385,6 +385,16 @@ impl Staging {
 }
 
 #[cfg(test)]
+impl Cache {
+    /// Writes `bytes` as the record of `id`, bypassing encoding: a record damaged on disk.
+    pub(crate) fn insert_raw(&self, id: &str, bytes: &[u8]) {
+        let mut k = b"c".to_vec();
+        k.extend_from_slice(id.as_bytes());
+        self.active.insert(k, bytes).unwrap();
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

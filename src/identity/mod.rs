@@ -165,6 +165,10 @@ pub struct Directory {
     tags: Vec<String>,
     fixed: Vec<String>,
     by_beacon: FxHashMap<BeaconId, Known>,
+    /// Per slot, the load it was last written in: a full list arrives in parts, and whoever no part
+    /// wrote is who the list left out.
+    marks: Vec<u32>,
+    mark: u32,
 }
 
 impl Directory {
@@ -199,6 +203,7 @@ impl Directory {
                         self.slots.push(None);
                         self.generations.push(0);
                         self.app_keys.push(None);
+                        self.marks.push(0);
                         CustomerKey(self.slots.len() as u32 - 1)
                     }
                 };
@@ -226,7 +231,24 @@ impl Directory {
             customer,
             beacons: beacons.iter().copied().collect(),
         });
+        self.marks[i] = self.mark;
         (key, keys_changed)
+    }
+
+    /// Starts a full list arriving in parts: [`Directory::unmarked`] then names the customers no
+    /// [`Directory::upsert`] since has written.
+    pub fn begin_marking(&mut self) {
+        self.mark = self.mark.wrapping_add(1);
+    }
+
+    /// The customers not written since [`Directory::begin_marking`].
+    pub fn unmarked(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .zip(&self.marks)
+            .filter(|(s, m)| s.is_some() && **m != self.mark)
+            .filter_map(|(s, _)| s.as_ref().map(|s| s.customer.id.clone()))
+            .collect()
     }
 
     /// Removes a customer by platform id; returns the key they had.
