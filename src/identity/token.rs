@@ -97,7 +97,9 @@ pub enum AppKeys {
     /// The long-term key: every day key can be derived (for platforms that trust their hubs).
     Customer(Key),
     /// Day keys only, by UTC day: the hub can resolve the customer on those days and no others.
-    Days(SmallVec<[(u32, Key); 3]>),
+    /// Two inline (the platform sends today and tomorrow): a third would cost every one of a million
+    /// customers 36 bytes, so more than two go to the heap.
+    Days(SmallVec<[(u32, Key); 2]>),
 }
 
 impl AppKeys {
@@ -264,6 +266,19 @@ mod tests {
             AppKeys::Customer(k).token(epoch_in_day, 600)
         );
         assert_eq!(days.token(epoch_in_day + 144, 600), None);
+    }
+
+    #[test]
+    fn more_day_keys_than_fit_inline_still_resolve() {
+        let k = key(3);
+        let stored = crate::identity::record::StoredKeys::Days(
+            (20_416..20_420).map(|d| (d, day_key(&k, d))).collect(),
+        );
+        let keys = stored.app_keys();
+        for d in 20_416..20_420 {
+            assert_eq!(keys.day_key(d), Some(day_key(&k, d)), "day {d}");
+        }
+        assert_eq!(keys.day_key(20_420), None);
     }
 
     #[test]
