@@ -257,8 +257,6 @@ struct HubState {
     gaps: u16,
     /// The longest recent gap, ms, fading with [`LONGEST_GAP_TAU_MS`].
     longest_gap_ms: f32,
-    /// The silence after which the device is gone, ms, from the gaps above (0: not known yet).
-    silence_ms: u32,
 }
 
 impl HubState {
@@ -270,12 +268,11 @@ impl HubState {
             gap_ms: 0.0,
             gaps: 0,
             longest_gap_ms: 0.0,
-            silence_ms: 0,
         }
     }
 
     /// Folds the gap since the last advert this hub heard into the device's rhythm.
-    fn learn_gap(&mut self, gap_ms: u64, silence_gaps: f32) {
+    fn learn_gap(&mut self, gap_ms: u64) {
         let gap = gap_ms as f32;
         // A plain mean of the first gaps, then an exponential one; this runs per advert, so no
         // division once warmed up.
@@ -289,18 +286,12 @@ impl HubState {
         // 1 − x for e^−x: the gaps are far shorter than the time constant.
         let fade = (1.0 - gap * (1.0 / LONGEST_GAP_TAU_MS)).max(0.0);
         self.longest_gap_ms = gap.max(self.longest_gap_ms * fade);
-        if silence_gaps > 0.0 && self.gaps >= SILENCE_MIN_GAPS {
-            let silence =
-                (self.gap_ms * silence_gaps).max(self.longest_gap_ms * SILENCE_LONGEST_FACTOR);
-            self.silence_ms = (silence as u32).max(SILENCE_MIN_MS as u32);
-        }
     }
 
     fn forget_gaps(&mut self) {
         self.gap_ms = 0.0;
         self.gaps = 0;
         self.longest_gap_ms = 0.0;
-        self.silence_ms = 0;
     }
 }
 
@@ -643,7 +634,6 @@ impl Engine {
             None => self.insert(obs.identity, now, out),
         };
         let params = self.params.filter;
-        let silence_gaps = self.params.silence_gaps;
         let track = self.tracks[slot as usize]
             .as_mut()
             .expect("indexed slots hold a track");
@@ -667,7 +657,7 @@ impl Engine {
                     h.forget_gaps();
                 } else {
                     h.smoother.update(&params, gap as f32 / 1000.0, rssi);
-                    h.learn_gap(gap, silence_gaps);
+                    h.learn_gap(gap);
                 }
                 h.last_heard = now;
                 gap >= stale_after
@@ -957,9 +947,14 @@ impl Engine {
     /// the device's usual gap between adverts — a device heard every 400 ms that has not been heard
     /// for 4 s has left (or been switched off) far more likely than lost 10 adverts in a row.
     fn absence_ms(&self, zone: &Zone, h: Option<&HubState>) -> u64 {
+        let k = self.params.silence_gaps;
         match h {
-            // Never later than the timeout, even one set below the 3 s floor.
-            Some(h) if h.silence_ms > 0 => u64::from(h.silence_ms).min(zone.absence_ms),
+            // Derived here, not stored, so a reload that changes `silence_gaps` applies at once.
+            Some(h) if k > 0.0 && h.gaps >= SILENCE_MIN_GAPS => {
+                let silence = (h.gap_ms * k).max(h.longest_gap_ms * SILENCE_LONGEST_FACTOR);
+                // Never later than the timeout, even one set below the 3 s floor.
+                (silence as u64).max(SILENCE_MIN_MS).min(zone.absence_ms)
+            }
             _ => zone.absence_ms,
         }
     }

@@ -378,6 +378,23 @@ fn silence_gaps_zero_leaves_only_by_the_absence_timeout() {
 }
 
 #[test]
+fn a_reload_that_turns_silent_departures_off_applies_at_once() {
+    let zones = [zone("a", None, -70, -80)];
+    let mut h = Harness::new(&zones);
+    h.hear_every(ALICE, 0, -65, 6.0, 400);
+    let last = h.now - 400;
+    h.engine.reconfigure(
+        &zones,
+        timeout_only(),
+        "hub-1",
+        Timestamp(last),
+        &mut h.events,
+    );
+    assert_eq!(h.engine.zone_of(&ALICE), Some(0));
+    assert_eq!(h.absence_exit_after(last), 10_000);
+}
+
+#[test]
 fn an_absence_timeout_under_three_seconds_still_bounds_the_silence() {
     let z = ZoneConfig {
         absence_timeout_s: 2.0,
