@@ -320,6 +320,9 @@ struct Track {
     scheduled: u64,
     counted_interval: u64,
     counted_zones: SmallVec<[ZoneIdx; 2]>,
+    /// The zone a signal exit just ended and the smoothed RSSI it ended at: that zone qualifies
+    /// again only once the signal rises above that value (or has first fallen below `enter_rssi`).
+    left: Option<(ZoneIdx, f32)>,
 }
 
 impl Track {
@@ -470,6 +473,9 @@ impl Engine {
                     }
                     None => false,
                 });
+            t.left = t
+                .left
+                .and_then(|(z, at)| zone_map[z as usize].map(|n| (n, at)));
             t.counted_zones.retain_mut(|z| match zone_map[*z as usize] {
                 Some(n) => {
                     *z = n;
@@ -697,6 +703,7 @@ impl Engine {
             scheduled: u64::MAX,
             counted_interval: u64::MAX,
             counted_zones: SmallVec::new(),
+            left: None,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -779,9 +786,25 @@ impl Engine {
             .hub(heard_on)
             .map(|h| h.smoother.value())
             .unwrap_or(f32::MIN);
+        if fresh_start {
+            track.left = None;
+        }
         // Update which zones of this hub the signal stays above.
         for &z in &self.zones_by_hub[heard_on as usize] {
-            let above = value >= self.zones[z as usize].enter_rssi;
+            let mut above = value >= self.zones[z as usize].enter_rssi;
+            if let Some((left_zone, left_at)) = track.left {
+                // A departure taken early, while the signal was still above `enter_rssi`, must not
+                // qualify the zone again while the signal keeps falling on the way out: that would
+                // re-enter the customer a second later and exit them again (a flap at every such
+                // departure). Someone who turns back raises the signal above where it was.
+                if left_zone == z {
+                    if !above || value > left_at {
+                        track.left = None;
+                    } else {
+                        above = false;
+                    }
+                }
+            }
             let pos = track.qualified.iter().position(|(q, _)| *q == z);
             match (above, pos) {
                 (true, None) => track.qualified.push((z, now)),
@@ -815,6 +838,7 @@ impl Engine {
                 params.hysteresis,
             );
             if leaves(value, trend, threshold, approaching, params.hysteresis) {
+                track.left = Some((v.zone, value));
                 self.exit(slot, now, ExitReason::Signal, out);
             }
         }

@@ -762,3 +762,78 @@ fn a_departure_another_hub_corroborates_exits_sooner() {
         "corroborated {corroborated} ms vs alone {alone} ms"
     );
 }
+
+/// A customer who stood under hub-1 in zone a walks out slowly toward hub-2 (a falls 1 dB/s, hub-2
+/// rises 2 dB/s, so the departure is corroborated and anticipated), then keeps going or, 11 s into
+/// the walk, turns back: the events after the enter.
+fn slow_departure(turn_back: bool) -> Vec<(VisitKind, ZoneIdx, u64)> {
+    let zones = [
+        ZoneConfig {
+            min_enter_s: 1.0,
+            ..zone("a", Some("hub-1"), -70, -80)
+        },
+        zone("b", Some("hub-2"), -50, -60),
+    ];
+    let mut p = params(100);
+    p.filter = FilterParams::tuned(FilterKind::Trend);
+    let mut h = Harness::with(&zones, p);
+    for _ in 0..100 {
+        h.hear(ALICE, 0, -58);
+        h.hear(ALICE, 1, -90);
+        h.now += 200;
+    }
+    assert_eq!(h.visits(), vec![(VisitKind::Enter, 0, 1000)]);
+    let (mut a, mut b) = (-58.0f64, -90.0f64);
+    let legs: &[(f64, f64, u32)] = if turn_back {
+        &[(-1.0, 2.0, 55), (2.0, -2.0, 30)]
+    } else {
+        &[(-1.0, 2.0, 80)]
+    };
+    for &(da, db, steps) in legs {
+        for _ in 0..steps {
+            a += da * 0.2;
+            b += db * 0.2;
+            h.hear(ALICE, 0, a.round() as i16);
+            h.hear(ALICE, 1, b.round() as i16);
+            h.now += 200;
+        }
+    }
+    h.visits()
+}
+
+#[test]
+fn an_early_departure_does_not_re_enter_while_the_signal_keeps_falling() {
+    let after = slow_departure(false);
+    // The exit is anticipated while the signal is still above enter_rssi (-70), and it stays above
+    // for longer than min_enter_s after that: without the rule the customer would enter again a
+    // second later and leave again, a flap at every such departure.
+    assert!(
+        matches!(
+            after.as_slice(),
+            [(
+                VisitKind::Exit {
+                    reason: ExitReason::Signal,
+                    ..
+                },
+                0,
+                _
+            )]
+        ),
+        "{after:?}"
+    );
+    // Anticipated: before the signal fell to -70, 12 s into the walk (32 s).
+    assert!(after[0].2 < 32_000, "{after:?}");
+}
+
+#[test]
+fn a_customer_who_turns_back_after_an_early_departure_enters_again() {
+    let after = slow_departure(true);
+    let kinds: Vec<_> = after.iter().map(|v| (v.0, v.1)).collect();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [(VisitKind::Exit { .. }, 0), (VisitKind::Enter, 0)]
+        ),
+        "{after:?}"
+    );
+}
