@@ -765,8 +765,9 @@ fn a_departure_another_hub_corroborates_exits_sooner() {
 
 /// A customer who stood under hub-1 in zone a walks out slowly toward hub-2 (a falls 1 dB/s, hub-2
 /// rises 2 dB/s, so the departure is corroborated and anticipated), then keeps going or, 11 s into
-/// the walk, turns back: the events after the enter.
-fn slow_departure(turn_back: bool) -> Vec<(VisitKind, ZoneIdx, u64)> {
+/// the walk, turns back: the events after the enter. With `reload`, the config is reloaded with the
+/// zones in the other order right after the exit.
+fn slow_departure(turn_back: bool, reload: bool) -> Vec<(VisitKind, ZoneIdx, u64)> {
     let zones = [
         ZoneConfig {
             min_enter_s: 1.0,
@@ -777,6 +778,7 @@ fn slow_departure(turn_back: bool) -> Vec<(VisitKind, ZoneIdx, u64)> {
     let mut p = params(100);
     p.filter = FilterParams::tuned(FilterKind::Trend);
     let mut h = Harness::with(&zones, p);
+    let mut seen = Vec::new();
     for _ in 0..100 {
         h.hear(ALICE, 0, -58);
         h.hear(ALICE, 1, -90);
@@ -796,14 +798,22 @@ fn slow_departure(turn_back: bool) -> Vec<(VisitKind, ZoneIdx, u64)> {
             h.hear(ALICE, 0, a.round() as i16);
             h.hear(ALICE, 1, b.round() as i16);
             h.now += 200;
+            let new = h.visits();
+            if reload && seen.is_empty() && !new.is_empty() {
+                let swapped = [zones[1].clone(), zones[0].clone()];
+                h.engine
+                    .reconfigure(&swapped, p, "hub-1", Timestamp(h.now), &mut h.events);
+            }
+            seen.extend(new);
         }
     }
-    h.visits()
+    seen.extend(h.visits());
+    seen
 }
 
 #[test]
 fn an_early_departure_does_not_re_enter_while_the_signal_keeps_falling() {
-    let after = slow_departure(false);
+    let after = slow_departure(false, false);
     // The exit is anticipated while the signal is still above enter_rssi (-70), and it stays above
     // for longer than min_enter_s after that: without the rule the customer would enter again a
     // second later and leave again, a flap at every such departure.
@@ -827,13 +837,23 @@ fn an_early_departure_does_not_re_enter_while_the_signal_keeps_falling() {
 
 #[test]
 fn a_customer_who_turns_back_after_an_early_departure_enters_again() {
-    let after = slow_departure(true);
+    let after = slow_departure(true, false);
     let kinds: Vec<_> = after.iter().map(|v| (v.0, v.1)).collect();
     assert!(
         matches!(
             kinds.as_slice(),
             [(VisitKind::Exit { .. }, 0), (VisitKind::Enter, 0)]
         ),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn a_reload_keeps_an_early_departure_from_re_entering() {
+    // After the reload zone a is index 1: the rule must follow it there.
+    let after = slow_departure(false, true);
+    assert!(
+        matches!(after.as_slice(), [(VisitKind::Exit { .. }, 0, _)]),
         "{after:?}"
     );
 }
