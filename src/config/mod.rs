@@ -240,7 +240,8 @@ pub struct PresenceConfig {
     pub exit_margin_db: f64,
     /// A visit also ends when its zone's hub has not heard the device for this many of the device's
     /// usual gaps between adverts (and twice its longest recent one, and at least 3 s): a fob heard
-    /// every 400 ms that falls silent has left. `absence_timeout_s` still bounds it; 0 turns it off.
+    /// every 400 ms that falls silent has left; half as many (at least 1.5 s) when no hub hears it
+    /// any more. `absence_timeout_s` still bounds it; 0 turns it off.
     pub silence_gaps: f64,
     /// RSSI at 1 m assumed for devices that advertise none (dBm).
     pub measured_power: i16,

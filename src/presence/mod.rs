@@ -983,14 +983,42 @@ impl Engine {
         }
     }
 
+    /// When a device in a visit of `zone` is taken to be gone: [`Engine::absence_ms`] after the
+    /// zone's hub last heard it, or sooner once no hub at all has heard it for half as many of its
+    /// gaps (at least [`GONE_EVERYWHERE_MIN_MS`]) while another hub heard it lately: a shopper who
+    /// walks out of the door falls silent on every hub at once, which losing adverts to the radio on
+    /// several hubs together hardly ever does.
+    fn gone_at(&self, track: &Track, zone: &Zone) -> u64 {
+        let h = track.hub(zone.hub);
+        let heard = h.map_or(track.last_heard, |h| h.last_heard);
+        let own = heard.0 + self.absence_ms(zone, h);
+        let k = self.params.silence_gaps / 2.0;
+        match h {
+            Some(h) if k > 0.0 && h.gaps >= SILENCE_MIN_GAPS => {
+                // Another hub must have heard it around the zone's hub's last advert; one hub alone
+                // keeps the per-hub rule and its longer floor.
+                let others = track
+                    .hubs
+                    .iter()
+                    .any(|o| o.hub != zone.hub && heard.since(o.last_heard) < RECENT_MS);
+                if !others {
+                    return own;
+                }
+                let silence = (h.gap_ms * k)
+                    .max(h.longest_gap_ms * SILENCE_LONGEST_FACTOR)
+                    .max(GONE_EVERYWHERE_MIN_MS as f32);
+                own.min(track.last_heard.0 + silence as u64)
+            }
+            _ => own,
+        }
+    }
+
     /// The next deadline of a track: absence or dwell mark during a visit, forgetting otherwise.
     fn next_deadline(&self, track: &Track) -> u64 {
         match track.visit {
             Some(v) => {
                 let zone = &self.zones[v.zone as usize];
-                let h = track.hub(zone.hub);
-                let heard = h.map_or(track.last_heard, |h| h.last_heard);
-                let absence = heard.0 + self.absence_ms(zone, h);
+                let absence = self.gone_at(track, zone);
                 let mark = zone
                     .dwell_marks_ms
                     .get(v.next_mark)
@@ -1025,16 +1053,16 @@ impl Engine {
             let Some(&mark) = zone.dwell_marks_ms.get(v.next_mark) else {
                 break;
             };
-            let (heard, absence) = {
+            let (heard, gone) = {
                 let t = self.tracks[slot as usize].as_ref().expect("live track");
                 let h = t.hub(zone.hub);
                 (
                     h.map_or(t.last_heard, |h| h.last_heard),
-                    self.absence_ms(zone, h),
+                    self.gone_at(t, zone),
                 )
             };
             let mark_at = v.entered_at.0 + mark;
-            if mark_at > at.0 || mark_at > heard.0 + absence {
+            if mark_at > at.0 || mark_at > gone {
                 break;
             }
             let track = self.tracks[slot as usize].as_mut().expect("live track");
@@ -1056,9 +1084,7 @@ impl Engine {
         let track = self.tracks[slot as usize].as_ref().expect("live track");
         if let Some(v) = track.visit {
             let zone = &self.zones[v.zone as usize];
-            let h = track.hub(zone.hub);
-            let heard = h.map_or(track.last_heard, |h| h.last_heard);
-            let absence_at = heard.0 + self.absence_ms(zone, h);
+            let absence_at = self.gone_at(track, zone);
             if absence_at <= at.0 {
                 self.exit(slot, Timestamp(absence_at), ExitReason::Absence, out);
             }
@@ -1101,6 +1127,8 @@ impl Engine {
 const RECENT_MS: u64 = 2_000;
 /// The shortest silence taken as a departure before the absence timeout, ms.
 pub const SILENCE_MIN_MS: u64 = 3_000;
+/// The shortest silence on every hub taken as a departure, ms.
+pub const GONE_EVERYWHERE_MIN_MS: u64 = 1_500;
 /// A device that has once been silent for a while may do it again (a phone's advertising paused by
 /// its OS): a silence counts as a departure only past this many times the longest recent one.
 const SILENCE_LONGEST_FACTOR: f32 = 2.0;

@@ -857,3 +857,52 @@ fn a_reload_keeps_an_early_departure_from_re_entering() {
         "{after:?}"
     );
 }
+
+/// Zone a on hub-1, heard there every 200 ms for 10 s, and on hub-2 too unless `alone`; then hub-1
+/// hears nothing, and hub-2 goes on hearing the device when `others_hear`. How long after hub-1's
+/// last advert the visit ends.
+fn silent_exit_ms(alone: bool, others_hear: bool, p: EngineParams) -> u64 {
+    let zones = [
+        zone("a", Some("hub-1"), -70, -80),
+        zone("b", Some("hub-2"), -50, -60),
+    ];
+    let mut h = Harness::with(&zones, p);
+    let end = h.now + 10_000;
+    while h.now < end {
+        h.hear(ALICE, 0, -62);
+        if !alone {
+            h.hear(ALICE, 1, -85);
+        }
+        h.now += 200;
+    }
+    let last = h.now - 200;
+    assert_eq!(h.engine.zone_of(&ALICE), Some(0));
+    h.visits();
+    if others_hear {
+        // hub-2 keeps hearing it for longer than any deadline below.
+        for _ in 0..100 {
+            h.hear(ALICE, 1, -85);
+            h.now += 200;
+            if let Some(&(_, _, at)) = h.visits().first() {
+                return at + T0 - last;
+            }
+        }
+        panic!("never exited");
+    }
+    h.absence_exit_after(last)
+}
+
+#[test]
+fn a_device_no_hub_hears_any_more_is_gone_sooner() {
+    // Heard by two hubs, then by none: max(4 gaps, 1.5 s), not the one hub's 3 s floor.
+    assert_eq!(
+        silent_exit_ms(false, false, params(100)),
+        GONE_EVERYWHERE_MIN_MS
+    );
+    // The zone's hub alone went quiet while another still hears the device: the per-hub rule.
+    assert_eq!(silent_exit_ms(false, true, params(100)), SILENCE_MIN_MS);
+    // Only one hub ever heard it: silence there is all the engine knows, so the per-hub rule.
+    assert_eq!(silent_exit_ms(true, false, params(100)), SILENCE_MIN_MS);
+    // silence_gaps = 0 turns both off: the 10 s timeout.
+    assert_eq!(silent_exit_ms(false, false, timeout_only()), 10_000);
+}
