@@ -144,7 +144,14 @@ fn beacons_and_app_tokens_heard_through_bluez_become_presence_events() {
                 .any(|e| e["event"] == "enter" && e["customer_id"] == *c)
         })
     });
-    assert!(scan_counter(&sub, "adverts") > 10);
+    // Stats go out every second and the enters come 0.5 s after the first adverts, so the newest
+    // stats message may predate them: wait for one that counts them.
+    sub.wait_for("stats counting the adverts", Duration::from_secs(10), |m| {
+        last_scan(m)
+            .and_then(|s| s["adverts"].as_u64())
+            .unwrap_or(0)
+            > 10
+    });
 
     // Let the smoothed RSSI settle on what the devices send.
     std::thread::sleep(Duration::from_secs(3));
