@@ -288,6 +288,12 @@ impl HubState {
         self.longest_gap_ms = gap.max(self.longest_gap_ms * fade);
     }
 
+    /// A silence of `gaps` of this device's usual gaps and twice its longest recent pause, ms:
+    /// how long it must go unheard before it is taken to be gone (before any floor).
+    fn silence_ms(&self, gaps: f32) -> u64 {
+        (self.gap_ms * gaps).max(self.longest_gap_ms * SILENCE_LONGEST_FACTOR) as u64
+    }
+
     fn forget_gaps(&mut self) {
         self.gap_ms = 0.0;
         self.gaps = 0;
@@ -975,9 +981,8 @@ impl Engine {
         match h {
             // Derived here, not stored, so a reload that changes `silence_gaps` applies at once.
             Some(h) if k > 0.0 && h.gaps >= SILENCE_MIN_GAPS => {
-                let silence = (h.gap_ms * k).max(h.longest_gap_ms * SILENCE_LONGEST_FACTOR);
                 // Never later than the timeout, even one set below the 3 s floor.
-                (silence as u64).max(SILENCE_MIN_MS).min(zone.absence_ms)
+                h.silence_ms(k).max(SILENCE_MIN_MS).min(zone.absence_ms)
             }
             _ => zone.absence_ms,
         }
@@ -1004,10 +1009,8 @@ impl Engine {
                 if !others {
                     return own;
                 }
-                let silence = (h.gap_ms * k)
-                    .max(h.longest_gap_ms * SILENCE_LONGEST_FACTOR)
-                    .max(GONE_EVERYWHERE_MIN_MS as f32);
-                own.min(track.last_heard.0 + silence as u64)
+                let silence = h.silence_ms(k).max(GONE_EVERYWHERE_MIN_MS);
+                own.min(track.last_heard.0 + silence)
             }
             _ => own,
         }
