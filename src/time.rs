@@ -26,12 +26,40 @@ impl Timestamp {
         self.0 as f64 / 1000.0
     }
 
-    /// The wall clock now. Only the edges (sources, the daemon) call this.
+    /// The wall clock now, as the daemon keeps it: it follows the system clock forward (NTP setting a
+    /// Raspberry Pi's clock after boot) but never steps back. Only the edges (sources, the daemon)
+    /// call this.
+    ///
+    /// The engine's deadlines wait for the source's time to pass them, so a system clock stepped back
+    /// by an hour (a hub whose clock ran ahead, corrected by NTP) would otherwise stop every exit,
+    /// headcount and stats message for that hour while adverts kept coming "late". Instead the
+    /// daemon's time keeps running from where it was, ahead of the system clock by the step (logged
+    /// once), until the next restart.
     pub fn now() -> Timestamp {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Timestamp(d.as_millis() as u64)
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+        static OFFSET: AtomicU64 = AtomicU64::new(0);
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let base = *BASE.get_or_init(std::time::Instant::now);
+        let elapsed = base.elapsed().as_millis() as u64;
+        let wall = system_now();
+        // fetch_max, not load-then-store: two threads reading across a forward step both see it.
+        let seen = OFFSET.fetch_max(wall.saturating_sub(elapsed), Ordering::Relaxed);
+        let reading = steady(seen, wall, elapsed);
+        if reading.wall_behind_ms > STEP_WARN_MS {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    behind_s = reading.wall_behind_ms / 1000,
+                    "the system clock stepped back; beacond keeps its time running from where it was, \
+                     so event timestamps are ahead of the system clock by that much until beacond is \
+                     restarted (systemctl restart beacond)"
+                );
+            }
+        } else {
+            WARNED.store(false, Ordering::Relaxed);
+        }
+        reading.now
     }
 
     /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
@@ -61,6 +89,40 @@ impl Timestamp {
     }
 }
 
+/// How far the system clock may be behind the daemon's before it is logged, ms.
+const STEP_WARN_MS: u64 = 2_000;
+
+/// The system clock, ms since the epoch.
+fn system_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// One reading of the daemon's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Reading {
+    /// The largest `wall − elapsed` seen so far: the daemon's time is `offset + elapsed`.
+    offset: u64,
+    /// The daemon's time.
+    now: Timestamp,
+    /// How far the system clock is behind it, ms (0 when it is not).
+    wall_behind_ms: u64,
+}
+
+/// The daemon's time from the system clock `wall` and the monotonic `elapsed` since start: the
+/// monotonic clock carries it, and the system clock can only push it forward.
+fn steady(offset: u64, wall: u64, elapsed: u64) -> Reading {
+    let offset = offset.max(wall.saturating_sub(elapsed));
+    let now = offset + elapsed;
+    Reading {
+        offset,
+        now: Timestamp(now),
+        wall_behind_ms: now.saturating_sub(wall),
+    }
+}
+
 impl Add<Duration> for Timestamp {
     type Output = Timestamp;
     fn add(self, d: Duration) -> Timestamp {
@@ -84,6 +146,73 @@ impl fmt::Display for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds (wall, elapsed) pairs through `steady` as `now()` does and returns the readings.
+    fn run(samples: &[(u64, u64)]) -> Vec<Reading> {
+        let mut offset = 0;
+        samples
+            .iter()
+            .map(|&(wall, elapsed)| {
+                let r = steady(offset, wall, elapsed);
+                offset = r.offset;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn daemon_time_is_the_system_clock_while_it_runs_steadily() {
+        let t0 = 1_764_064_800_000;
+        let r = run(&[(t0, 0), (t0 + 1_000, 1_000), (t0 + 60_000, 60_000)]);
+        assert_eq!(r[0].now, Timestamp(t0));
+        assert_eq!(r[1].now, Timestamp(t0 + 1_000));
+        assert_eq!(r[2].now, Timestamp(t0 + 60_000));
+        assert!(r.iter().all(|r| r.wall_behind_ms == 0));
+    }
+
+    #[test]
+    fn daemon_time_follows_the_system_clock_forward() {
+        // A Pi boots with the clock of its last shutdown; NTP sets it three hours later.
+        let t0 = 1_764_064_800_000;
+        let step = 3 * 3_600_000;
+        let r = run(&[
+            (t0, 0),
+            (t0 + step + 5_000, 5_000),
+            (t0 + step + 6_000, 6_000),
+        ]);
+        assert_eq!(r[1].now, Timestamp(t0 + step + 5_000));
+        assert_eq!(r[2].now, Timestamp(t0 + step + 6_000));
+        assert_eq!(r[2].wall_behind_ms, 0);
+    }
+
+    #[test]
+    fn daemon_time_never_steps_back_with_the_system_clock() {
+        // The clock ran an hour ahead and NTP corrects it: the daemon's time keeps moving forward at
+        // the monotonic clock's pace, so deadlines keep coming, and says how far ahead it is.
+        let t0 = 1_764_064_800_000;
+        let hour = 3_600_000;
+        let r = run(&[
+            (t0, 0),
+            (t0 + 10_000, 10_000),
+            (t0 + 10_001 - hour, 10_001),
+            (t0 + 20_000 - hour, 20_000),
+        ]);
+        let times: Vec<u64> = r.iter().map(|r| r.now.0).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        assert_eq!(r[2].now, Timestamp(t0 + 10_001));
+        assert_eq!(r[3].now, Timestamp(t0 + 20_000));
+        assert_eq!(r[3].wall_behind_ms, hour);
+    }
+
+    #[test]
+    fn now_never_goes_back() {
+        let mut prev = Timestamp::now();
+        for _ in 0..1_000 {
+            let t = Timestamp::now();
+            assert!(t >= prev);
+            prev = t;
+        }
+    }
 
     #[test]
     fn formats_rfc3339_utc_with_millis() {

@@ -42,12 +42,18 @@ pub struct Clock {
     wall_start: tokio::time::Instant,
     start: Timestamp,
     speed: f64,
+    /// The radio's time: [`Timestamp::now`], which follows the system clock forward (NTP after
+    /// boot) and never steps back, the same clock the BlueZ source stamps adverts with.
+    real: bool,
 }
 
 impl Clock {
     /// Real time.
     pub fn real() -> Clock {
-        Clock::scaled(Timestamp::now(), 1.0)
+        Clock {
+            real: true,
+            ..Clock::scaled(Timestamp::now(), 1.0)
+        }
     }
 
     /// Time that starts at `start` now and runs `speed` times faster than the wall clock.
@@ -60,17 +66,26 @@ impl Clock {
             } else {
                 1.0
             },
+            real: false,
         }
     }
 
     /// The pipeline's time now.
     pub fn now(&self) -> Timestamp {
+        if self.real {
+            return Timestamp::now();
+        }
         let elapsed = self.wall_start.elapsed().as_secs_f64() * self.speed;
         self.start.plus_secs(elapsed)
     }
 
     /// The wall-clock instant at which pipeline time `t` comes.
     pub fn instant_of(&self, t: Timestamp) -> tokio::time::Instant {
+        if self.real {
+            // Measured from now, so a forward step of the system clock brings deadlines forward.
+            return tokio::time::Instant::now()
+                + std::time::Duration::from_millis(t.since(Timestamp::now()));
+        }
         let secs = t.secs_since(self.start) / self.speed;
         self.wall_start + std::time::Duration::from_secs_f64(secs)
     }
@@ -301,4 +316,36 @@ pub fn filter_of(cfg: &crate::config::Config) -> filter::Filter {
         &cfg.scan.filters,
         uuid::Uuid::parse_str(&cfg.identity.app_service_uuid).ok(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_clock_is_the_daemon_time_and_schedules_from_now() {
+        let clock = Clock::real();
+        let before = Timestamp::now();
+        let t = clock.now();
+        assert!(t >= before && t <= Timestamp::now());
+        // A deadline a second ahead comes a second from now, not from when the clock was made.
+        let at = clock.instant_of(Timestamp(Timestamp::now().0 + 1_000));
+        let wait = at.duration_since(tokio::time::Instant::now());
+        assert!(wait <= std::time::Duration::from_millis(1_000));
+        assert!(wait >= std::time::Duration::from_millis(500), "{wait:?}");
+        // A deadline already past is due now.
+        let past = clock.instant_of(Timestamp(before.0.saturating_sub(60_000)));
+        assert!(past <= tokio::time::Instant::now());
+    }
+
+    #[test]
+    fn scaled_clock_runs_from_its_own_start() {
+        let start = Timestamp(1_000_000);
+        let clock = Clock::scaled(start, 10.0);
+        assert!(clock.now() >= start && clock.now().0 < start.0 + 10_000);
+        let at = clock.instant_of(Timestamp(start.0 + 10_000));
+        let wait = at.saturating_duration_since(tokio::time::Instant::now());
+        assert!(wait <= std::time::Duration::from_millis(1_000), "{wait:?}");
+        assert!(wait >= std::time::Duration::from_millis(500), "{wait:?}");
+    }
 }
