@@ -328,7 +328,11 @@ async fn session(
     }
     tracker.counters.sessions += 1;
     tracing::info!(adapter = %name, "discovery started");
-    let mut dog = Watchdog::new(settings.watchdog_s, Timestamp::now());
+    // The watchdog measures silences, so it runs on the monotonic clock: NTP setting the system clock
+    // forward after boot is not a silence.
+    let started = std::time::Instant::now();
+    let mono = move || Timestamp(started.elapsed().as_millis() as u64);
+    let mut dog = Watchdog::new(settings.watchdog_s, mono());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
@@ -357,11 +361,11 @@ async fn session(
                 }
                 ticks += 1;
                 if ticks % HEALTH_EVERY == 0 {
-                    if let Some(end) = health_check(bus, &adapter, &name, &owner, &mut dog).await {
+                    if let Some(end) = health_check(bus, &adapter, &name, &owner, &mut dog, mono()).await {
                         return end;
                     }
                 }
-                if let Some(action) = dog.handle_timeout(now) {
+                if let Some(action) = dog.handle_timeout(mono()) {
                     if let Some(end) = act(bus, &adapter, &name, action, tracker, settings.watchdog_s).await {
                         return end;
                     }
@@ -374,7 +378,7 @@ async fn session(
         let Some((address, report)) = report_of(&adapter, ev).await else {
             continue;
         };
-        dog.heard(now);
+        dog.heard(mono());
         if let Some(adv) = tracker.handle(now, address, report) {
             tokio::select! {
                 sent = out.send(adv) => if sent.is_err() { return SessionEnd::Shutdown },
@@ -386,13 +390,14 @@ async fn session(
 }
 
 /// bluetoothd restarted (new owner) or left, the adapter went away, or discovery stopped behind our
-/// back: each needs discovery set up again.
+/// back: each needs discovery set up again. `now` is the watchdog's monotonic time.
 async fn health_check(
     bus: &Bus,
     adapter: &Adapter,
     name: &str,
     owner: &Option<String>,
     dog: &mut Watchdog,
+    now: Timestamp,
 ) -> Option<SessionEnd> {
     let now_owner = bus.bluez_owner().await;
     if now_owner.is_none() {
@@ -409,7 +414,7 @@ async fn health_check(
     if bus.adapter_flag(name, "Discovering").await == Some(false) {
         tracing::warn!(adapter = %name, "discovery was stopped by someone else; starting it again");
         let _ = adapter.start_scan(ScanFilter::default()).await;
-        dog.restarted(Timestamp::now());
+        dog.restarted(now);
     }
     None
 }
