@@ -111,7 +111,7 @@ fn main() {
         let before = write_bytes();
         let t = Instant::now();
         for chunk in msgs.chunks(512) {
-            spool.append(chunk.to_vec()).await.unwrap();
+            spool.append(chunk.to_vec()).await;
         }
         let accept = t.elapsed();
         let written = write_bytes() - before;

@@ -128,6 +128,11 @@ pub struct MqttSnapshot {
     pub spool_depth: u64,
     /// Messages dropped because the spool was full, by class.
     pub spool_dropped: BTreeMap<String, u64>,
+    /// Of the waiting messages, those held in memory because the card refuses writes.
+    pub spool_held: u64,
+    /// Why the card refuses the spool's writes, while it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_write_error: Option<String>,
 }
 
 /// The shared health state.
@@ -195,6 +200,8 @@ impl Health {
                 acknowledged: h.acknowledged,
                 spool_depth: h.spool_depth,
                 spool_dropped: h.spool_dropped.clone(),
+                spool_held: h.spool_held,
+                spool_write_error: h.spool_write_error.clone(),
             });
         }
         s
@@ -214,6 +221,12 @@ impl Health {
                 },
                 m.spool_depth
             ));
+            if m.spool_write_error.is_some() {
+                line.push_str(&format!(
+                    " — DISK WRITES FAILING, {} held in memory",
+                    m.spool_held
+                ));
+            }
         }
         if let Err(why) = self.check(now) {
             line.push_str(&format!(" — UNHEALTHY: {why}"));
@@ -341,6 +354,12 @@ impl Health {
                 "spool_depth",
                 "Messages waiting in the spool",
                 m.spool_depth as i64,
+            );
+            gauge(
+                &mut reg,
+                "spool_held",
+                "Waiting messages held in memory because the disk refuses the spool's writes",
+                m.spool_held as i64,
             );
             let dropped = Family::<Vec<(String, String)>, Counter>::default();
             for (class, n) in &m.spool_dropped {
@@ -511,5 +530,32 @@ mod tests {
         assert!(m.contains("beacond_zone_headcount{zone=\"wine\"} 3"), "{m}");
         assert!(m.contains("beacond_healthy 1"), "{m}");
         assert!(m.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_disk_that_refuses_the_spool_shows_but_is_not_unhealthy() {
+        let sink = Arc::new(Mutex::new(crate::sink::mqtt::Health {
+            connected: true,
+            spool_depth: 12,
+            spool_held: 5,
+            spool_write_error: Some("No space left on device (os error 28)".into()),
+            last_loop_ms: Timestamp::now().0,
+            ..Default::default()
+        }));
+        let h = Health {
+            progress: Progress::new(30),
+            snapshot: Default::default(),
+            mqtt: Some(sink),
+        };
+        h.progress.mqtt_enabled.store(true, Ordering::Relaxed);
+        let now = Timestamp::now();
+        // Restarting would lose what is held in memory: the watchdog must keep being fed.
+        assert!(h.check(now).is_ok());
+        let line = h.status_line(now);
+        assert!(
+            line.ends_with("spool 12 — DISK WRITES FAILING, 5 held in memory"),
+            "{line}"
+        );
+        assert!(h.metrics(now).contains("beacond_spool_held 5"));
     }
 }

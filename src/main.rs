@@ -1089,6 +1089,12 @@ fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
                 m["reconnects"],
                 m["spool_depth"]
             );
+            if let Some(e) = m.get("spool_write_error").and_then(|e| e.as_str()) {
+                println!(
+                    "SPOOL CANNOT WRITE TO DISK: {e}; {} messages held in memory (free space on the card, or replace it)",
+                    m["spool_held"]
+                );
+            }
         }
         if !v["sync_seq"].is_null() {
             println!("customers {} (sync seq {})", v["customers"], v["sync_seq"]);

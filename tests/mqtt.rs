@@ -342,3 +342,95 @@ fn a_broken_spool_is_moved_aside_and_reported_in_status() {
         .any(|e| e.file_name().to_string_lossy().starts_with("spool.broken-"));
     assert!(moved, "the old spool is kept aside for inspection");
 }
+
+/// The spool on a real, tiny filesystem (a 32 KiB tmpfs in a mount namespace of the daemon's own,
+/// so the test needs no root): with the broker up it keeps within the space by starting segments
+/// and deleting acknowledged ones; with the broker down the card fills, the daemon holds events in
+/// memory and says so, and when the broker is back everything arrives, nothing lost.
+#[test]
+fn a_full_card_holds_events_in_memory_and_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform-5", "beacond/+/+/presence", false);
+    let status = Subscriber::start(broker.port, "it-desk-5", "beacond/full/+/status", false);
+    let cfg = daemon_config(dir.path(), "full", &broker.url(), 60.0);
+    let spool = dir.path().join("data/spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=32k tmpfs \"$1\" && shift && exec \"$@\"")
+        .arg("sh")
+        .arg(&spool)
+        .arg(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "beacond=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("unshare (util-linux) runs the daemon in its own mount namespace");
+    let started = Instant::now();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    sub.wait_for("first events", Duration::from_secs(20), |m| !m.is_empty());
+    // With the broker up, ten seconds write several times the filesystem's size.
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        !log_text().contains("cannot write the spool"),
+        "acknowledged segments must make room:\n{}",
+        log_text()
+    );
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_text().contains("cannot write the spool to disk") {
+        assert!(
+            Instant::now() < deadline,
+            "the card never filled:\n{}",
+            log_text()
+        );
+        assert!(daemon.try_wait().unwrap().is_none(), "{}", log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Held in memory for a while, then the broker is back.
+    std::thread::sleep(Duration::from_secs(5));
+    broker.restart();
+    let after = format!(
+        "2026-01-05T09:{:02}:00.000Z",
+        (started.elapsed().as_secs() + 5).min(59)
+    );
+    sub.wait_for(
+        "events from after the card filled",
+        Duration::from_secs(90),
+        |m| presence_on(m, "full").iter().any(|e| e.3 > after),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log_text().contains("the spool writes to disk again") {
+        assert!(Instant::now() < deadline, "{}", log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let got: BTreeSet<_> = presence_on(&sub.messages(), "full").into_iter().collect();
+    let last = got.iter().map(|e| e.3.clone()).max().unwrap();
+    let missing: Vec<_> = expected_events()
+        .into_iter()
+        .filter(|e| e.3 <= last && !got.contains(e))
+        .collect();
+    assert!(missing.is_empty(), "lost on a full card: {missing:?}");
+    // Store IT saw it in the retained status, and saw it clear.
+    let warned = |v: &Value| {
+        v["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w.as_str().unwrap_or("").contains("cannot write to disk"))
+        })
+    };
+    let statuses: Vec<Value> = status.messages().into_iter().map(|(_, v, _)| v).collect();
+    let first_warning = statuses.iter().position(warned);
+    assert!(first_warning.is_some(), "{statuses:?}\n{}", log_text());
+    assert!(
+        statuses[first_warning.unwrap()..]
+            .iter()
+            .any(|v| v["state"] == "online" && !warned(v)),
+        "{statuses:?}"
+    );
+}

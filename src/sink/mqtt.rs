@@ -118,7 +118,14 @@ pub struct Health {
     pub spool_depth: u64,
     /// Messages dropped because the spool was full, by class.
     pub spool_dropped: std::collections::BTreeMap<String, u64>,
+    /// Of the waiting messages, those held in memory because the card refuses writes.
+    pub spool_held: u64,
+    /// Why the card refuses the spool's writes, while it does.
+    pub spool_write_error: Option<String>,
 }
+
+/// The status notice's key while the card refuses the spool's writes.
+const SPOOL_NOTICE: &str = "spool_disk";
 
 /// Everything the sink needs from the config, resolved (files read, URL parsed).
 #[derive(Clone)]
@@ -422,6 +429,8 @@ pub async fn run(
     // whole blocks, so on an SD card a flush per event would cost kilobytes each; a record that is
     // still in this window when the power goes was never accepted, so nothing accepted is lost.
     let mut batch = Vec::new();
+    // Whether the status carries the spool's disk warning.
+    let mut disk_notice = false;
     while let Some(r) = rx.recv().await {
         let mut pending = vec![r];
         let until = tokio::time::Instant::now() + INGEST_WINDOW;
@@ -467,8 +476,19 @@ pub async fn run(
             batch.push(m);
         }
         let mut s = spool.lock().await;
-        if let Err(e) = s.append(std::mem::take(&mut batch)).await {
-            tracing::error!(error = %e, "cannot write to the spool; messages of this batch are lost");
+        s.append(std::mem::take(&mut batch)).await;
+        // Against what the status says, not the spool's state before this append: a removal in
+        // the connection task may have met the full card first.
+        if s.write_error().is_some() != disk_notice {
+            disk_notice = !disk_notice;
+            // Store IT and the platform see a card that refuses writes in the retained status.
+            settings.set_notice(
+                SPOOL_NOTICE,
+                s.write_error().map(|e| {
+                    format!("the spool cannot write to disk ({e}); messages are held in memory until it can (free space on the card, or replace it)")
+                }),
+            );
+            status_changed.notify_one();
         }
         for id in &purge {
             match s.purge_customer(id).await {
@@ -486,6 +506,8 @@ pub async fn run(
             let st = s.stats();
             let mut h = health.lock().expect("health lock");
             h.spool_depth = s.depth();
+            h.spool_held = s.held();
+            h.spool_write_error = s.write_error().map(str::to_owned);
             for p in [
                 Priority::Stats,
                 Priority::Beacons,
@@ -522,6 +544,7 @@ pub fn with_sink_counters(payload: &[u8], spool: &Spool, health: &Health) -> Vec
     v["spool"] = json!({
         "depth": spool.depth(),
         "bytes": spool.bytes(),
+        "held": spool.held(),
         "dropped": {
             "stats": st.dropped[Priority::Stats as usize],
             "beacons": st.dropped[Priority::Beacons as usize],
@@ -579,9 +602,7 @@ async fn connect_loop(
         health.lock().expect("health lock").last_loop_ms = Timestamp::now().0;
         if acked.len() >= WINDOW / 2 || (!acked.is_empty() && unacked.is_empty()) {
             let n = acked.len() as u64;
-            if let Err(e) = spool.lock().await.remove(&acked) {
-                tracing::error!(error = %e, "spool removal failed; the messages will be sent again");
-            }
+            spool.lock().await.remove(&acked);
             acked.clear();
             health.lock().expect("health lock").acknowledged += n;
         }

@@ -12,6 +12,12 @@
 //! records and one sync, where the key-value store used before rewrote 64 KiB segments on every
 //! flush (90–210 KB written per event at 1–2 events/s; docs/PERFORMANCE.md). Each record carries
 //! a CRC, so a write torn by a power cut is found at open and cut off.
+//!
+//! When the card refuses a write (full, or failing), nothing already accepted is dropped for it:
+//! messages are held in memory (at most [`HELD_MAX_BYTES`]) and sent from there like the rest,
+//! removals wait too, and both are written with the next write that succeeds. The error is kept
+//! for `status` until then; a message held in memory is lost only if the daemon stops before the
+//! card takes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -186,6 +192,11 @@ const KIND_ERASED: u8 = 0;
 const KIND_MESSAGE: u8 = 1;
 /// A removal: a count (u32 LE) and that many sequence numbers (u64 LE).
 const KIND_REMOVAL: u8 = 2;
+/// The segment number of a [`Loc`] whose record is held in memory, not on disk.
+const IN_MEMORY: u32 = u32::MAX;
+/// The most held in memory while the card refuses writes (or `max_bytes`, if smaller): beyond it
+/// the lowest priority held goes first, counted like any drop. 8 MiB is what a 1 GB hub can spare.
+pub const HELD_MAX_BYTES: u64 = 8 << 20;
 
 /// Where a live message's record body is.
 #[derive(Clone, Copy, Debug)]
@@ -219,6 +230,17 @@ pub struct Spool {
     /// Where a segment is considered full ([`SEGMENT_BYTES`]; smaller in tests).
     segment_bytes: u64,
     stats: SpoolStats,
+    /// Encoded messages the card would not take yet, by number (their [`Loc`] says [`IN_MEMORY`]).
+    held: BTreeMap<u64, Vec<u8>>,
+    /// What `held` counts for (by [`cost`]).
+    held_bytes: u64,
+    /// Removals a failed write did not record: written with the next write.
+    pending_removals: Vec<u64>,
+    /// Why the last write failed, until a write of everything held succeeds.
+    write_error: Option<String>,
+    /// Makes every write fail as a full card does (tests of the failure path).
+    #[cfg(test)]
+    fail_writes: bool,
 }
 
 fn frame(kind: u8, content: &[&[u8]], out: &mut Vec<u8>) -> u64 {
@@ -316,6 +338,12 @@ impl Spool {
             max_bytes,
             segment_bytes: SEGMENT_BYTES,
             stats: SpoolStats::default(),
+            held: BTreeMap::new(),
+            held_bytes: 0,
+            pending_removals: Vec::new(),
+            write_error: None,
+            #[cfg(test)]
+            fail_writes: false,
         };
         let mut report = OpenReport::default();
         let last = numbers.last().copied();
@@ -324,13 +352,21 @@ impl Spool {
         }
         match last {
             Some(n) if spool.segments[&n].size < spool.segment_bytes => spool.active = n,
-            other => spool.start_segment(other.map_or(0, |n| n + 1))?,
+            other => {
+                let n = other.map_or(0, |n| n + 1);
+                // A full card must not stop the hub from starting, nor have the backlog moved aside
+                // as if it were broken: the segment is started at the first write that can be made.
+                if let Err(e) = spool.start_segment(n) {
+                    spool.active = n;
+                    spool.write_failed(e, Vec::new());
+                }
+            }
         }
         if sled_files(dir) {
             report.migrated = spool.migrate_sled()?;
         }
         report.recovered = spool.live.len() as u64;
-        spool.reclaim()?;
+        spool.reclaim_or_note();
         Ok((spool, report))
     }
 
@@ -514,6 +550,9 @@ impl Spool {
         if let Some(seg) = self.segments.get_mut(&loc.segment) {
             seg.live += 1;
         }
+        if loc.segment == IN_MEMORY {
+            self.held_bytes += loc.cost as u64;
+        }
         self.by_priority[loc.priority as usize].insert(seq);
         self.bytes += loc.cost as u64;
         self.live.insert(seq, loc);
@@ -524,6 +563,10 @@ impl Spool {
         if let Some(seg) = self.segments.get_mut(&loc.segment) {
             seg.live -= 1;
         }
+        if loc.segment == IN_MEMORY {
+            self.held.remove(&seq);
+            self.held_bytes -= loc.cost as u64;
+        }
         self.by_priority[loc.priority as usize].remove(&seq);
         self.bytes -= loc.cost as u64;
         Some(loc)
@@ -531,35 +574,177 @@ impl Spool {
 
     /// Writes `buf` at the end of the active segment (starting a new one first if it is full);
     /// returns where it starts. Not synced.
+    /// A write that fails leaves the file as it was (what it wrote is cut off again).
     fn write_active(&mut self, buf: &[u8]) -> Result<u64, SpoolError> {
-        if self.segments[&self.active].size >= self.segment_bytes {
-            self.start_segment(self.active + 1)?;
+        match self.segments.get(&self.active) {
+            // Not there: the card would not let it be created at open.
+            None => self.start_segment(self.active)?,
+            Some(seg) if seg.size >= self.segment_bytes => self.start_segment(self.active + 1)?,
+            Some(_) => {}
         }
         let path = self.path.join(segment_name(self.active));
+        #[cfg(test)]
+        let fail = self.fail_writes;
         let seg = self.segments.get_mut(&self.active).expect("active segment");
         let start = seg.size;
-        seg.file
-            .write_all_at(buf, start)
-            .map_err(|source| SpoolError::Io { path, source })?;
+        #[cfg(test)]
+        if fail {
+            return Err(SpoolError::Io {
+                path,
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
+        if let Err(source) = seg.file.write_all_at(buf, start) {
+            // Part of it may be in the file: cut off, it cannot be taken for a record at the next
+            // open, nor stay behind as garbage after the records written next.
+            let _ = seg.file.set_len(start);
+            return Err(SpoolError::Io { path, source });
+        }
         seg.size += buf.len() as u64;
         Ok(start)
     }
 
+    /// Undoes [`Self::write_active`]'s write at `start` (its sync failed: it may never reach the
+    /// card, and it is written again with the next write).
+    fn unwrite_active(&mut self, start: u64) {
+        if let Some(seg) = self.segments.get_mut(&self.active) {
+            seg.size = start;
+            let _ = seg.file.set_len(start);
+        }
+    }
+
+    /// Keeps a write's failure for `status`, logging it once (a full card must not also fill the
+    /// journal that shares it), and holds `unwritten` in memory.
+    fn write_failed(&mut self, e: SpoolError, unwritten: Vec<(u64, Vec<u8>)>) {
+        self.held.extend(unwritten);
+        if self.write_error.is_none() {
+            tracing::error!(error = %e, held = self.held.len(),
+                "cannot write the spool to disk; holding messages in memory until it can (free space on the card, or replace it)");
+        }
+        self.write_error = Some(e.to_string());
+    }
+
+    fn reclaim_or_note(&mut self) {
+        if let Err(e) = self.reclaim() {
+            self.write_failed(e, Vec::new());
+        }
+    }
+
+    /// Writes everything held in memory, then `new` (numbered and indexed as held, newer than
+    /// all held), and the pending removals, in one synced write. On failure all of it stays held,
+    /// to be tried again with the next append.
+    async fn write_held(&mut self, new: Vec<(u64, Vec<u8>)>) {
+        // A message of `new` that made room for a later one is no longer live.
+        let new: Vec<(u64, Vec<u8>)> = new
+            .into_iter()
+            .filter(|(seq, _)| self.live.contains_key(seq))
+            .collect();
+        if self.held.is_empty() && new.is_empty() && self.pending_removals.is_empty() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let mut offsets = Vec::with_capacity(self.held.len() + new.len());
+        for (&seq, record) in self.held.iter().chain(new.iter().map(|(s, r)| (s, r))) {
+            offsets.push((
+                seq,
+                record.len(),
+                frame(KIND_MESSAGE, &[&seq.to_le_bytes(), record], &mut buf),
+            ));
+        }
+        if !self.pending_removals.is_empty() {
+            removal_record(&self.pending_removals, &mut buf);
+        }
+        let start = match self.write_active(&buf) {
+            Ok(start) => start,
+            // A card with little room may be full of this segment's acknowledged records, and a
+            // segment only goes once a newer one is active: start one, let the emptied go, and
+            // try once more.
+            Err(_) if self.start_segment_for_room() => match self.write_active(&buf) {
+                Ok(start) => start,
+                Err(e) => return self.write_failed(e, new),
+            },
+            Err(e) => return self.write_failed(e, new),
+        };
+        if let Err(e) = self.flush_active().await {
+            self.unwrite_active(start);
+            return self.write_failed(e, new);
+        }
+        // Moved in place: same numbers and priorities, so only where they are changes.
+        let written = offsets.len();
+        self.held.clear();
+        self.held_bytes = 0;
+        for (seq, len, at) in offsets {
+            let loc = self.live.get_mut(&seq).expect("held messages are live");
+            loc.segment = self.active;
+            loc.offset = start + at;
+            loc.len = (len + 9) as u32;
+        }
+        self.segments
+            .get_mut(&self.active)
+            .expect("written to")
+            .live += written as u64;
+        self.pending_removals.clear();
+        if self.write_error.take().is_some() {
+            tracing::info!(
+                written,
+                "the spool writes to disk again; what was held in memory is on disk"
+            );
+        }
+        self.reclaim_or_note();
+    }
+
+    /// Starts a new segment after a failed write, unless the active one is empty (so a card that
+    /// keeps refusing writes does not collect empty files); true if one was started.
+    fn start_segment_for_room(&mut self) -> bool {
+        if self.segments.get(&self.active).is_none_or(|s| s.size == 0) {
+            return false;
+        }
+        if self.start_segment(self.active + 1).is_err() {
+            return false;
+        }
+        self.reclaim_or_note();
+        true
+    }
+
+    /// Keeps what is held in memory within its bound, lowest priority and oldest first (one pass
+    /// per class: it runs after every append while the card refuses writes).
+    fn bound_held(&mut self) {
+        let max = self.max_bytes.min(HELD_MAX_BYTES);
+        for class in Priority::ALL {
+            if self.held_bytes <= max {
+                return;
+            }
+            let mut excess = self.held_bytes - max;
+            let victims: Vec<u64> = self
+                .held
+                .keys()
+                .filter(|s| self.live[s].priority == class)
+                .take_while(|s| {
+                    let more = excess > 0;
+                    excess = excess.saturating_sub(self.live[s].cost as u64);
+                    more
+                })
+                .copied()
+                .collect();
+            for seq in victims {
+                self.unindex(seq);
+                self.stats.dropped[class as usize] += 1;
+            }
+        }
+    }
+
     fn sync_blocking(&self) -> Result<(), SpoolError> {
-        self.segments[&self.active]
-            .file
-            .sync_data()
-            .map_err(|source| self.io_err(source))
+        match self.segments.get(&self.active) {
+            Some(seg) => seg.file.sync_data().map_err(|source| self.io_err(source)),
+            None => Ok(()),
+        }
     }
 
     /// Appends messages in one synced write, dropping by priority to stay under `max_bytes`.
     /// Returns how many of `messages` were kept (an incoming message of the lowest priority is itself
-    /// the first to go when nothing lower is stored).
-    pub async fn append(&mut self, messages: Vec<Message>) -> Result<usize, SpoolError> {
-        if self.segments[&self.active].size >= self.segment_bytes {
-            self.start_segment(self.active + 1)?;
-        }
-        let mut buf = Vec::new();
+    /// the first to go when nothing lower is stored). A card that refuses the write does not lose
+    /// them: they are held in memory (see the module's doc) and [`Self::write_error`] says why.
+    pub async fn append(&mut self, messages: Vec<Message>) -> usize {
         let mut placed = Vec::new();
         let mut dropped = Vec::new();
         for m in messages {
@@ -571,38 +756,29 @@ impl Spool {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            let at = frame(KIND_MESSAGE, &[&seq.to_le_bytes(), &record], &mut buf);
-            // Indexed now, so the room made for the next message counts this one; the offset is
-            // made absolute once the batch's place in the file is known.
+            // Every message starts out held and is moved to its place on disk by the write: counted
+            // at once, so the room made for the next message counts this one.
             self.index(
                 seq,
                 Loc {
-                    segment: self.active,
-                    offset: at,
-                    len: (record.len() + 9) as u32,
+                    segment: IN_MEMORY,
+                    offset: 0,
+                    len: 0,
                     priority: m.priority,
                     cost: size,
                 },
             );
-            placed.push(seq);
+            placed.push((seq, record));
             self.stats.appended += 1;
         }
-        if !dropped.is_empty() {
-            removal_record(&dropped, &mut buf);
-        }
-        let kept = placed.iter().filter(|s| self.live.contains_key(s)).count();
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let start = self.write_active(&buf)?;
-        for seq in placed {
-            if let Some(loc) = self.live.get_mut(&seq) {
-                loc.offset += start;
-            }
-        }
-        self.flush().await?;
-        self.reclaim()?;
-        Ok(kept)
+        self.pending_removals.extend(dropped);
+        let kept = placed
+            .iter()
+            .filter(|(s, _)| self.live.contains_key(s))
+            .count();
+        self.write_held(placed).await;
+        self.bound_held();
+        kept
     }
 
     /// Frees space for `size` bytes of priority `p`; false if the new message is what should go.
@@ -622,8 +798,10 @@ impl Spool {
             let seq = *self.by_priority[victim_class as usize]
                 .first()
                 .expect("non-empty class");
-            self.unindex(seq);
-            dropped.push(seq);
+            // A victim on disk needs a removal record; one held in memory is simply gone.
+            if self.unindex(seq).is_some_and(|l| l.segment != IN_MEMORY) {
+                dropped.push(seq);
+            }
             self.stats.dropped[victim_class as usize] += 1;
         }
         true
@@ -631,20 +809,29 @@ impl Spool {
 
     /// Removes acknowledged messages. Not synced: if the removal is lost in a crash, the message is
     /// sent again, which at-least-once delivery allows.
-    pub fn remove(&mut self, seqs: &[u64]) -> Result<(), SpoolError> {
-        let gone: Vec<u64> = seqs
-            .iter()
-            .copied()
-            .filter(|&s| self.unindex(s).is_some())
-            .collect();
-        if gone.is_empty() {
-            return Ok(());
+    /// One the card refuses is written with the next write; segments emptied are deleted anyway,
+    /// which is how a full card gets its space back once the broker takes the backlog.
+    pub fn remove(&mut self, seqs: &[u64]) {
+        let mut on_disk = Vec::new();
+        for &seq in seqs {
+            if let Some(loc) = self.unindex(seq) {
+                self.stats.acknowledged += 1;
+                if loc.segment != IN_MEMORY {
+                    on_disk.push(seq);
+                }
+            }
         }
-        self.stats.acknowledged += gone.len() as u64;
+        if on_disk.is_empty() {
+            return;
+        }
+        self.pending_removals.extend(on_disk);
         let mut buf = Vec::new();
-        removal_record(&gone, &mut buf);
-        self.write_active(&buf)?;
-        self.reclaim()
+        removal_record(&self.pending_removals, &mut buf);
+        match self.write_active(&buf) {
+            Ok(_) => self.pending_removals.clear(),
+            Err(e) => self.write_failed(e, Vec::new()),
+        }
+        self.reclaim_or_note();
     }
 
     /// Deletes segments from the oldest while nothing in them is live, and copies the last live
@@ -719,6 +906,18 @@ impl Spool {
         Ok(())
     }
 
+    /// Message `seq` at `loc`, on disk or held in memory.
+    fn read_message(&self, seq: u64, loc: Loc) -> Result<Message, SpoolError> {
+        let corrupt = || SpoolError::Corrupt {
+            path: self.path.clone(),
+            seq,
+        };
+        if loc.segment == IN_MEMORY {
+            return decode(self.held.get(&seq).ok_or_else(corrupt)?).ok_or_else(corrupt);
+        }
+        decode(&self.read_body(loc)?[9..]).ok_or_else(corrupt)
+    }
+
     fn read_body(&self, loc: Loc) -> Result<Vec<u8>, SpoolError> {
         let mut body = vec![0u8; loc.len as usize];
         self.segments[&loc.segment]
@@ -733,13 +932,17 @@ impl Spool {
     pub async fn purge_customer(&mut self, customer: &str) -> Result<u64, SpoolError> {
         let mut victims = Vec::new();
         for (&seq, &loc) in &self.live {
-            let body = self.read_body(loc)?;
-            if decode(&body[9..]).is_some_and(|m| m.customer.as_deref() == Some(customer)) {
+            let m = self.read_message(seq, loc);
+            if m.is_ok_and(|m| m.customer.as_deref() == Some(customer)) {
                 victims.push((seq, loc));
             }
         }
         let mut touched = BTreeSet::new();
         for &(seq, loc) in &victims {
+            if loc.segment == IN_MEMORY {
+                self.unindex(seq);
+                continue;
+            }
             let mut erased = Vec::with_capacity(HEADER + loc.len as usize);
             frame(
                 KIND_ERASED,
@@ -759,7 +962,7 @@ impl Spool {
                 .sync_data()
                 .map_err(|source| self.io_err(source))?;
         }
-        self.reclaim()?;
+        self.reclaim_or_note();
         Ok(victims.len() as u64)
     }
 
@@ -767,11 +970,7 @@ impl Spool {
     pub fn batch_from(&self, seq: u64, n: usize) -> Result<Vec<Entry>, SpoolError> {
         let mut out = Vec::with_capacity(n.min(1024));
         for (&seq, &loc) in self.live.range(seq..).take(n) {
-            let body = self.read_body(loc)?;
-            let message = decode(&body[9..]).ok_or_else(|| SpoolError::Corrupt {
-                path: self.path.clone(),
-                seq,
-            })?;
+            let message = self.read_message(seq, loc)?;
             out.push(Entry { seq, message });
         }
         Ok(out)
@@ -792,12 +991,36 @@ impl Spool {
         self.stats
     }
 
-    /// Makes everything written so far durable (after each batch, and at shutdown for removals).
-    pub async fn flush(&self) -> Result<(), SpoolError> {
-        let file = self.segments[&self.active]
-            .file
-            .try_clone()
-            .map_err(|source| self.io_err(source))?;
+    /// Messages held in memory because the card refused them.
+    pub fn held(&self) -> u64 {
+        self.held.len() as u64
+    }
+
+    /// Why the card refuses writes, while it does (cleared by a write of everything held).
+    pub fn write_error(&self) -> Option<&str> {
+        self.write_error.as_deref()
+    }
+
+    /// Makes everything accepted durable, as far as the card allows (at shutdown): what is held
+    /// in memory is written, then removals are synced. Held messages the card still refuses are
+    /// lost when the process ends, and logged as such.
+    pub async fn flush(&mut self) -> Result<(), SpoolError> {
+        self.write_held(Vec::new()).await;
+        if !self.held.is_empty() {
+            tracing::error!(
+                messages = self.held.len(),
+                "the card still refuses the spool's writes; messages held in memory are lost at exit"
+            );
+        }
+        self.flush_active().await
+    }
+
+    /// Syncs the active segment.
+    async fn flush_active(&self) -> Result<(), SpoolError> {
+        let Some(seg) = self.segments.get(&self.active) else {
+            return Ok(());
+        };
+        let file = seg.file.try_clone().map_err(|source| self.io_err(source))?;
         // A sync on an SD card can take tens of milliseconds: off the async workers.
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
@@ -839,9 +1062,8 @@ mod tests {
             let (mut s, r) = Spool::open(&path, 1 << 20).unwrap();
             assert_eq!(r.recovered, 0);
             s.append((0..10).map(|i| msg(Priority::Presence, i)).collect())
-                .await
-                .unwrap();
-            s.remove(&[0, 1]).unwrap();
+                .await;
+            s.remove(&[0, 1]);
         }
         let (s, r) = Spool::open(&path, 1 << 20).unwrap();
         assert_eq!(r.recovered, 8);
@@ -861,15 +1083,14 @@ mod tests {
             .collect();
         let cap: u64 = first.iter().map(|m| cost(encode(m).len()) as u64).sum();
         let (mut s, _) = Spool::open(&dir.path().join("s"), cap).unwrap();
-        s.append(first).await.unwrap();
+        s.append(first).await;
         assert_eq!(s.depth(), 10);
         // Full. An offer pushes out the stats message first, then the beacon message, then the
         // oldest presence event.
-        s.append(vec![msg(Priority::Offers, 2)]).await.unwrap();
+        s.append(vec![msg(Priority::Offers, 2)]).await;
         assert_eq!(s.stats().dropped, [1, 0, 0, 0]);
         s.append(vec![msg(Priority::Offers, 3), msg(Priority::Offers, 4)])
-            .await
-            .unwrap();
+            .await;
         assert_eq!(s.stats().dropped, [1, 1, 1, 0]);
         // The oldest presence event (t/0) went; the next ones stayed.
         let presence: Vec<String> = all(&s)
@@ -879,7 +1100,7 @@ mod tests {
             .collect();
         assert_eq!(presence.first().map(String::as_str), Some("t/1"));
         // A stats message into a spool full of higher priorities is itself dropped.
-        s.append(vec![msg(Priority::Stats, 9)]).await.unwrap();
+        s.append(vec![msg(Priority::Stats, 9)]).await;
         assert_eq!(s.stats().dropped[0], 2);
         assert!(s.bytes() <= cap);
         // Offers are never dropped while anything lower remains.
@@ -895,8 +1116,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = Spool::open(&dir.path().join("s"), 1 << 20).unwrap();
         s.append((0..9).map(|i| msg(Priority::Presence, i)).collect())
-            .await
-            .unwrap();
+            .await;
         assert_eq!(s.purge_customer("c1").await.unwrap(), 3);
         assert!(all(&s)
             .iter()
@@ -934,8 +1154,7 @@ mod tests {
         let end = {
             let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
             s.append((0..5).map(|i| msg(Priority::Presence, i)).collect())
-                .await
-                .unwrap();
+                .await;
             s.segments[&s.active].size
         };
         // Half a record: a header that promises more than was written.
@@ -947,7 +1166,7 @@ mod tests {
         let (mut s, r) = Spool::open(&path, 1 << 20).unwrap();
         assert_eq!((r.recovered, r.truncated_bytes), (5, 10));
         assert!(r.moved_aside.is_none());
-        s.append(vec![msg(Priority::Offers, 5)]).await.unwrap();
+        s.append(vec![msg(Priority::Offers, 5)]).await;
         drop(s);
         let (s, r) = Spool::open(&path, 1 << 20).unwrap();
         assert_eq!((r.recovered, r.truncated_bytes), (6, 0));
@@ -966,12 +1185,11 @@ mod tests {
                     .map(|i| msg(Priority::Presence, round * 20 + i))
                     .collect(),
             )
-            .await
-            .unwrap();
+            .await;
         }
         assert!(segment_files(&path).len() > 5);
         let seqs: Vec<u64> = all(&s).iter().map(|e| e.seq).collect();
-        s.remove(&seqs[..390]).unwrap();
+        s.remove(&seqs[..390]);
         // Only what holds the ten live messages, and the active segment, are left.
         assert!(
             segment_files(&path).len() <= 2,
@@ -982,7 +1200,7 @@ mod tests {
         drop(s);
         let (mut s, r) = Spool::open(&path, 1 << 24).unwrap();
         assert_eq!(r.recovered, 10);
-        s.append(vec![msg(Priority::Offers, 0)]).await.unwrap();
+        s.append(vec![msg(Priority::Offers, 0)]).await;
         let got = all(&s);
         assert_eq!(got.len(), 11);
         assert!(got[10].seq > seqs[399], "a removed number was reused");
@@ -994,13 +1212,13 @@ mod tests {
         let path = dir.path().join("spool");
         let (mut s, _) = Spool::open(&path, 8 * 1024).unwrap();
         s.segment_bytes = 4 * 1024;
-        s.append(vec![msg(Priority::Offers, 0)]).await.unwrap();
+        s.append(vec![msg(Priority::Offers, 0)]).await;
         let stuck = all(&s)[0].seq;
         // Everything after it is acknowledged; it stays (the broker never took it).
         for i in 1..400 {
-            s.append(vec![msg(Priority::Presence, i)]).await.unwrap();
+            s.append(vec![msg(Priority::Presence, i)]).await;
             let last = all(&s).last().unwrap().seq;
-            s.remove(&[last]).unwrap();
+            s.remove(&[last]);
         }
         let on_disk: u64 = segment_files(&path)
             .iter()
@@ -1026,8 +1244,7 @@ mod tests {
         let path = dir.path().join("spool");
         let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
         s.append((0..9).map(|i| msg(Priority::Presence, i)).collect())
-            .await
-            .unwrap();
+            .await;
         let on_disk = |needle: &[u8]| {
             segment_files(&path).iter().any(|p| {
                 std::fs::read(p)
@@ -1091,6 +1308,8 @@ mod tests {
         Reopen,
         /// A crash in the middle of the next write: reopen with half a record at the end.
         Torn(u8),
+        /// The card starts (true) or stops (false) refusing writes.
+        Refuse(bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1100,6 +1319,7 @@ mod tests {
             1 => (0u8..3).prop_map(Op::Purge),
             1 => Just(Op::Reopen),
             1 => (1u8..40).prop_map(Op::Torn),
+            2 => any::<bool>().prop_map(Op::Refuse),
         ]
     }
 
@@ -1138,7 +1358,7 @@ mod tests {
                             }
                         }).collect();
                         let before = s.next_seq;
-                        prop_assert_eq!(rt.block_on(s.append(msgs.clone())).unwrap(), msgs.len());
+                        prop_assert_eq!(rt.block_on(s.append(msgs.clone())), msgs.len());
                         for (i, m) in msgs.into_iter().enumerate() {
                             model.push((before + i as u64, m));
                         }
@@ -1147,7 +1367,7 @@ mod tests {
                         if model.is_empty() { continue; }
                         let mut seqs: Vec<u64> = picks.iter().map(|i| model[i.index(model.len())].0).collect();
                         seqs.dedup();
-                        s.remove(&seqs).unwrap();
+                        s.remove(&seqs);
                         model.retain(|(q, _)| !seqs.contains(q));
                     }
                     Op::Purge(c) => {
@@ -1156,14 +1376,20 @@ mod tests {
                         prop_assert_eq!(rt.block_on(s.purge_customer(&c)).unwrap(), expect as u64);
                         model.retain(|(_, m)| m.customer.as_deref() != Some(&c));
                     }
+                    Op::Refuse(on) => s.fail_writes = on,
                     Op::Reopen => {
+                        // A restart once the card takes writes again (what is lost by stopping
+                        // while it refuses them has a test of its own).
+                        s.fail_writes = false;
                         rt.block_on(s.flush()).unwrap();
+                        prop_assert_eq!(s.held(), 0);
                         drop(s);
                         let (s2, r) = open();
                         prop_assert_eq!(r.recovered, model.len() as u64);
                         s = s2;
                     }
                     Op::Torn(len) => {
+                        s.fail_writes = false;
                         rt.block_on(s.flush()).unwrap();
                         let end = s.segments[&s.active].size;
                         let f = OpenOptions::new().write(true).open(path.join(segment_name(s.active))).unwrap();
@@ -1182,6 +1408,86 @@ mod tests {
                 prop_assert_eq!(&got, &model);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_card_that_refuses_writes_loses_nothing_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+        s.append((0..3).map(|i| msg(Priority::Presence, i)).collect())
+            .await;
+        s.fail_writes = true;
+        assert_eq!(
+            s.append((3..7).map(|i| msg(Priority::Presence, i)).collect())
+                .await,
+            4
+        );
+        assert_eq!((s.depth(), s.held()), (7, 4));
+        assert!(
+            s.write_error().unwrap().contains("No space left"),
+            "{:?}",
+            s.write_error()
+        );
+        // Held messages are sent like the rest, in order with those on disk.
+        let seqs: Vec<u64> = all(&s).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (0..7).collect::<Vec<_>>());
+        assert_eq!(all(&s)[5].message, msg(Priority::Presence, 5));
+        // Acknowledged: one on disk (its removal waits for the card), two held.
+        s.remove(&[1, 3, 4]);
+        assert_eq!((s.depth(), s.held()), (4, 2));
+        assert_eq!(s.purge_customer("c2").await.unwrap(), 2);
+        assert_eq!((s.depth(), s.held()), (2, 1));
+        s.fail_writes = false;
+        s.append(vec![msg(Priority::Offers, 7)]).await;
+        assert_eq!((s.held(), s.write_error()), (0, None));
+        drop(s);
+        let (s, r) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!((r.recovered, r.truncated_bytes), (3, 0));
+        let got: Vec<Message> = all(&s).into_iter().map(|e| e.message).collect();
+        assert_eq!(
+            got,
+            vec![
+                msg(Priority::Presence, 0),
+                msg(Priority::Presence, 6),
+                msg(Priority::Offers, 7)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_while_the_card_refuses_writes_keeps_what_it_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+        s.append(vec![msg(Priority::Offers, 0)]).await;
+        s.fail_writes = true;
+        s.append(vec![msg(Priority::Offers, 1)]).await;
+        s.flush().await.unwrap();
+        assert_eq!(s.held(), 1, "still refused at exit");
+        drop(s);
+        // The held message is the one loss, and it was logged.
+        let (s, r) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(r.recovered, 1);
+        assert_eq!(all(&s)[0].message, msg(Priority::Offers, 0));
+    }
+
+    #[tokio::test]
+    async fn what_is_held_in_memory_is_bounded_lowest_priority_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(&dir.path().join("spool"), 1 << 30).unwrap();
+        s.fail_writes = true;
+        let each = cost(encode(&msg(Priority::Presence, 0)).len()) as u64;
+        let n = (HELD_MAX_BYTES / each) as usize + 500;
+        s.append(vec![msg(Priority::Offers, 0)]).await;
+        s.append((1..n).map(|i| msg(Priority::Presence, i)).collect())
+            .await;
+        assert!(s.held_bytes <= HELD_MAX_BYTES);
+        assert!(s.stats().dropped[Priority::Presence as usize] >= 499);
+        let first = &all(&s)[..2];
+        assert_eq!(first[0].message, msg(Priority::Offers, 0), "offers go last");
+        assert!(first[1].seq > 400, "the oldest presence went first");
+        assert_eq!(s.bytes(), s.held_bytes);
     }
 
     #[test]
