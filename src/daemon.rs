@@ -159,7 +159,11 @@ pub async fn run_with(
         let (spool, report) =
             Spool::open(&dir, cfg.mqtt.spool_max_bytes).map_err(|e| DaemonError::Stage {
                 stage: "spool",
-                message: e.to_string(),
+                message: if e.is_disk_condition() {
+                    format!("{e}; {}", crate::storage::DISK_ADVICE)
+                } else {
+                    e.to_string()
+                },
             })?;
         if let Some((aside, why)) = &report.moved_aside {
             settings.warn(format!(

@@ -12,6 +12,25 @@ pub fn is_locked(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("acquire lock"))
 }
 
+/// Whether a failure is the disk's condition (full, over quota, read-only), not damage to the
+/// store: moving the store aside would lose it for nothing, and a new one could not be made.
+pub fn is_disk_condition(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if is_disk_condition_io(io))
+}
+
+/// [`is_disk_condition`] for a plain I/O error.
+pub fn is_disk_condition_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem
+    )
+}
+
+/// What to do about [`is_disk_condition`], for the error messages of every store.
+pub const DISK_ADVICE: &str = "nothing was moved or deleted: free space on the card (df -h) and \
+    start beacond again (systemd retries every 5 s)";
+
 /// How long a lock may take to go after its holder closed the database, ms.
 const LOCK_GRACE_MS: u64 = 500;
 
@@ -35,7 +54,8 @@ fn open_waiting_for_lock<T>(
 }
 
 /// Opens the database at `dir` with `open`; if it fails for any reason but a lock held by another
-/// process, moves `dir` to `dir.broken-<unix time>` and opens a new one. `what` names it in the log.
+/// process or the disk's condition ([`is_disk_condition`]), moves `dir` to `dir.broken-<unix
+/// time>` and opens a new one. `what` names it in the log.
 pub fn open_or_move_aside<T>(
     dir: &Path,
     what: &str,
@@ -43,7 +63,7 @@ pub fn open_or_move_aside<T>(
 ) -> Result<(T, MovedAside), sled::Error> {
     match open_waiting_for_lock(dir, &open) {
         Ok(db) => Ok((db, None)),
-        Err(e) if is_locked(&e) => Err(e),
+        Err(e) if is_locked(&e) || is_disk_condition(&e) => Err(e),
         Err(e) => {
             let aside = move_aside(dir, what, &e);
             let db = open(dir)?;

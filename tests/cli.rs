@@ -442,3 +442,63 @@ fn sync_keygen_and_publish_print_signed_batches() {
         0
     );
 }
+
+/// A card with no space left when beacond starts: the stores are the disk's victims, not broken,
+/// so nothing is moved aside or started afresh; the daemon says what to do and, once there is
+/// room, finds the customer cache as it was. Runs in a mount namespace of its own with a 1 MiB
+/// tmpfs as the data directory (no root needed).
+#[test]
+fn a_full_card_at_start_keeps_the_stores_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let export = dir.path().join("export.jsonl");
+    std::fs::write(
+        &export,
+        "{\"beacond_customer_export\":1,\"seq\":42,\"customers\":1}\n{\"id\":\"c-1\",\"segments\":[\"wine\"]}\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("beacond.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[hub]\nstore_id = \"s\"\nhub_id = \"hub-window\"\ndata_dir = {:?}\n\
+             [scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\nspeed = 60\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n\
+             [[zones]]\nid = \"window\"\nhub = \"hub-window\"\nenter_rssi = -75\nexit_rssi = -84\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("beacond");
+    let out = dir.path();
+    let script = format!(
+        "set -u; mount -t tmpfs -o size=1m tmpfs {data:?} || exit 99
+         {bin:?} cache --data-dir {data:?} import {export:?} || exit 98
+         dd if=/dev/zero of={data:?}/filler bs=4k 2>/dev/null
+         timeout 20 {bin:?} run --config {cfg:?} >/dev/null 2>{out:?}/run.log; echo $? >{out:?}/run.code
+         ls {data:?} >{out:?}/listing
+         rm {data:?}/filler
+         {bin:?} cache --data-dir {data:?} stats >{out:?}/stats.json 2>&1"
+    );
+    let status = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .status()
+        .expect("unshare (util-linux)");
+    assert!(status.success(), "{status:?}");
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let log = read("run.log");
+    assert_ne!(read("run.code").trim(), "0", "{log}");
+    assert_ne!(read("run.code").trim(), "124", "it must not hang: {log}");
+    assert!(
+        log.contains("No space left on device")
+            && log.contains("nothing was moved or deleted: free space on the card"),
+        "{log}"
+    );
+    assert!(!read("listing").contains("broken"), "{}", read("listing"));
+    let v: Value = serde_json::from_str(&read("stats.json")).unwrap();
+    assert_eq!(
+        (v["customers"].as_u64(), v["seq"].as_u64()),
+        (Some(1), Some(42))
+    );
+}

@@ -32,6 +32,14 @@ pub enum CacheError {
         /// sled's error.
         source: sled::Error,
     },
+    /// The disk is full or read-only: the cache is kept as it is.
+    #[error("customer cache {path}: {source}; {}", crate::storage::DISK_ADVICE)]
+    Disk {
+        /// The cache directory.
+        path: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
     /// Another process (a running daemon) holds the cache.
     #[error("customer cache {0} is in use by another process; stop beacond first (systemctl stop beacond)")]
     Locked(PathBuf),
@@ -94,6 +102,15 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+fn db_error(path: &Path, source: sled::Error) -> CacheError {
+    let path = path.to_owned();
+    if crate::storage::is_disk_condition(&source) {
+        CacheError::Disk { path, source }
+    } else {
+        CacheError::Db { path, source }
+    }
+}
+
 fn customer_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
     k.push(b'c');
@@ -113,10 +130,7 @@ impl Cache {
     /// Opens (or creates) the cache at `dir` with a page cache of `cache_bytes`. A cache that will
     /// not open is moved aside (the platform's next snapshot rebuilds it) and reported.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<(Cache, MovedAside), CacheError> {
-        let db_err = |source| CacheError::Db {
-            path: dir.to_owned(),
-            source,
-        };
+        let db_err = |source| db_error(dir, source);
         let (db, aside) = crate::storage::open_or_move_aside(dir, "customer cache", |d| {
             sled::Config::new()
                 .path(d)
@@ -160,10 +174,7 @@ impl Cache {
     }
 
     fn err(&self, source: sled::Error) -> CacheError {
-        CacheError::Db {
-            path: self.path.clone(),
-            source,
-        }
+        db_error(&self.path, source)
     }
 
     /// The last applied sync sequence; 0 when the cache has never been synced.

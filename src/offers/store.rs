@@ -22,6 +22,14 @@ pub enum StoreError {
     /// Another process holds the store.
     #[error("offer caps at {0} are in use by another process; stop beacond first")]
     Locked(PathBuf),
+    /// The disk is full or read-only: the store is kept as it is.
+    #[error("offer caps at {path}: {source}; {}", crate::storage::DISK_ADVICE)]
+    Disk {
+        /// The store's directory.
+        path: PathBuf,
+        /// What failed.
+        source: sled::Error,
+    },
 }
 
 /// The persisted cap state.
@@ -63,6 +71,11 @@ impl Store {
         .map_err(|e| {
             if crate::storage::is_locked(&e) {
                 StoreError::Locked(dir.to_owned())
+            } else if crate::storage::is_disk_condition(&e) {
+                StoreError::Disk {
+                    path: dir.to_owned(),
+                    source: e,
+                }
             } else {
                 StoreError::Db {
                     path: dir.to_owned(),

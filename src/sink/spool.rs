@@ -133,6 +133,13 @@ pub enum SpoolError {
     },
 }
 
+impl SpoolError {
+    /// Whether it is the disk's condition (full, over quota, read-only), not damage to the spool.
+    pub fn is_disk_condition(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. } if crate::storage::is_disk_condition_io(source))
+    }
+}
+
 /// What happened when the spool was opened.
 #[derive(Debug, Default)]
 pub struct OpenReport {
@@ -293,6 +300,8 @@ impl Spool {
         match Self::open_inner(dir, max_bytes) {
             Ok(r) => Ok(r),
             Err(e @ SpoolError::Locked { .. }) => Err(e),
+            // A full or read-only card has not damaged the spool: keep it for when there is room.
+            Err(e @ SpoolError::Io { .. }) if e.is_disk_condition() => Err(e),
             Err(e) => {
                 let aside = crate::storage::move_aside(dir, "spool", &e);
                 let (spool, mut report) = Self::open_inner(dir, max_bytes)?;
