@@ -38,27 +38,30 @@ pub struct Advert {
 /// Maps between the pipeline's time and the wall clock: real time for the radio, a scaled simulated
 /// time for `sim` and `replay` at `--speed N`.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    wall_start: tokio::time::Instant,
-    start: Timestamp,
-    speed: f64,
+pub enum Clock {
     /// The radio's time: [`Timestamp::now`], which follows the system clock forward (NTP after
     /// boot) and never steps back, the same clock the BlueZ source stamps adverts with.
-    real: bool,
+    Real,
+    /// Time that started at `start` at `wall_start` and runs `speed` times the wall clock.
+    Scaled {
+        /// When it started, on the wall clock.
+        wall_start: tokio::time::Instant,
+        /// Its time then.
+        start: Timestamp,
+        /// How much faster than the wall clock it runs.
+        speed: f64,
+    },
 }
 
 impl Clock {
     /// Real time.
     pub fn real() -> Clock {
-        Clock {
-            real: true,
-            ..Clock::scaled(Timestamp::now(), 1.0)
-        }
+        Clock::Real
     }
 
     /// Time that starts at `start` now and runs `speed` times faster than the wall clock.
     pub fn scaled(start: Timestamp, speed: f64) -> Clock {
-        Clock {
+        Clock::Scaled {
             wall_start: tokio::time::Instant::now(),
             start,
             speed: if speed.is_finite() && speed > 0.0 {
@@ -66,28 +69,35 @@ impl Clock {
             } else {
                 1.0
             },
-            real: false,
         }
     }
 
     /// The pipeline's time now.
     pub fn now(&self) -> Timestamp {
-        if self.real {
-            return Timestamp::now();
+        match *self {
+            Clock::Real => Timestamp::now(),
+            Clock::Scaled {
+                wall_start,
+                start,
+                speed,
+            } => start.plus_secs(wall_start.elapsed().as_secs_f64() * speed),
         }
-        let elapsed = self.wall_start.elapsed().as_secs_f64() * self.speed;
-        self.start.plus_secs(elapsed)
     }
 
     /// The wall-clock instant at which pipeline time `t` comes.
     pub fn instant_of(&self, t: Timestamp) -> tokio::time::Instant {
-        if self.real {
+        match *self {
             // Measured from now, so a forward step of the system clock brings deadlines forward.
-            return tokio::time::Instant::now()
-                + std::time::Duration::from_millis(t.since(Timestamp::now()));
+            Clock::Real => {
+                tokio::time::Instant::now()
+                    + std::time::Duration::from_millis(t.since(Timestamp::now()))
+            }
+            Clock::Scaled {
+                wall_start,
+                start,
+                speed,
+            } => wall_start + std::time::Duration::from_secs_f64(t.secs_since(start) / speed),
         }
-        let secs = t.secs_since(self.start) / self.speed;
-        self.wall_start + std::time::Duration::from_secs_f64(secs)
     }
 }
 
