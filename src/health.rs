@@ -133,6 +133,10 @@ pub struct MqttSnapshot {
     /// Why the card refuses the spool's writes, while it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_write_error: Option<String>,
+    /// Bytes free on the card that holds the spool.
+    pub disk_free_bytes: Option<u64>,
+    /// Less free space than the spool may need.
+    pub disk_low: bool,
 }
 
 /// The shared health state.
@@ -202,6 +206,8 @@ impl Health {
                 spool_dropped: h.spool_dropped.clone(),
                 spool_held: h.spool_held,
                 spool_write_error: h.spool_write_error.clone(),
+                disk_free_bytes: h.disk_free_bytes,
+                disk_low: h.disk_low,
             });
         }
         s
@@ -225,6 +231,11 @@ impl Health {
                 line.push_str(&format!(
                     " — DISK WRITES FAILING, {} held in memory",
                     m.spool_held
+                ));
+            } else if m.disk_low {
+                line.push_str(&format!(
+                    " — LOW DISK: {} MiB free",
+                    m.disk_free_bytes.unwrap_or(0) >> 20
                 ));
             }
         }
@@ -355,6 +366,14 @@ impl Health {
                 "Messages waiting in the spool",
                 m.spool_depth as i64,
             );
+            if let Some(free) = m.disk_free_bytes {
+                gauge(
+                    &mut reg,
+                    "disk_free_bytes",
+                    "Bytes free on the card that holds the spool",
+                    free as i64,
+                );
+            }
             gauge(
                 &mut reg,
                 "spool_held",
@@ -557,5 +576,14 @@ mod tests {
             "{line}"
         );
         assert!(h.metrics(now).contains("beacond_spool_held 5"));
+        {
+            let mut m = h.mqtt.as_ref().unwrap().lock().unwrap();
+            m.spool_write_error = None;
+            m.disk_low = true;
+            m.disk_free_bytes = Some(3 << 20);
+        }
+        let line = h.status_line(now);
+        assert!(line.ends_with("spool 12 — LOW DISK: 3 MiB free"), "{line}");
+        assert!(h.metrics(now).contains("beacond_disk_free_bytes 3145728"));
     }
 }

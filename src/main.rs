@@ -1094,6 +1094,16 @@ fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
                     "SPOOL CANNOT WRITE TO DISK: {e}; {} messages held in memory (free space on the card, or replace it)",
                     m["spool_held"]
                 );
+            } else if let Some(free) = m.get("disk_free_bytes").and_then(|f| f.as_u64()) {
+                println!(
+                    "disk {} MiB free{}",
+                    free >> 20,
+                    if m["disk_low"].as_bool() == Some(true) {
+                        " — LOW: less than the spool may need; free space, or lower [mqtt] spool_max_bytes"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
         if !v["sync_seq"].is_null() {

@@ -425,6 +425,13 @@ fn a_full_card_holds_events_in_memory_and_loses_none() {
         })
     };
     let statuses: Vec<Value> = status.messages().into_iter().map(|(_, v, _)| v).collect();
+    // 32 KiB is far less than the default spool_max_bytes: said before the card filled.
+    assert!(
+        statuses.iter().any(|v| v["warnings"]
+            .to_string()
+            .contains("less than the spool may need")),
+        "{statuses:?}"
+    );
     let first_warning = statuses.iter().position(warned);
     assert!(first_warning.is_some(), "{statuses:?}\n{}", log_text());
     assert!(

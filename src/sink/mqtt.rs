@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 
-use super::spool::{Message, Priority, Spool};
+use super::spool::{DiskState, Message, Priority, Spool};
 use super::Record;
 use crate::config::{Config, MqttConfig};
 use crate::shutdown::Shutdown;
@@ -122,10 +122,32 @@ pub struct Health {
     pub spool_held: u64,
     /// Why the card refuses the spool's writes, while it does.
     pub spool_write_error: Option<String>,
+    /// Bytes free on the card that holds the spool.
+    pub disk_free_bytes: Option<u64>,
+    /// Less free space than the spool may need ([`DiskState::Low`]).
+    pub disk_low: bool,
 }
 
-/// The status notice's key while the card refuses the spool's writes.
+/// The status notice's key while the card is low on space or refuses the spool's writes.
 const SPOOL_NOTICE: &str = "spool_disk";
+
+/// The status warning for the card in `state`.
+fn disk_notice(state: DiskState, spool: &Spool, free: Option<u64>) -> Option<String> {
+    const MIB: u64 = 1 << 20;
+    match state {
+        DiskState::Ok => None,
+        DiskState::Low => Some(format!(
+            "the card has {} MiB free, less than the spool may need ({} MiB more before spool_max_bytes): \
+             a long broker outage would fill it; free space, or lower [mqtt] spool_max_bytes",
+            free.unwrap_or(0) / MIB,
+            spool.room_needed().div_ceil(MIB)
+        )),
+        DiskState::Failing => Some(format!(
+            "the spool cannot write to disk ({}); messages are held in memory until it can (free space on the card, or replace it)",
+            spool.write_error().unwrap_or("unknown error")
+        )),
+    }
+}
 
 /// Everything the sink needs from the config, resolved (files read, URL parsed).
 #[derive(Clone)]
@@ -429,8 +451,8 @@ pub async fn run(
     // whole blocks, so on an SD card a flush per event would cost kilobytes each; a record that is
     // still in this window when the power goes was never accepted, so nothing accepted is lost.
     let mut batch = Vec::new();
-    // Whether the status carries the spool's disk warning.
-    let mut disk_notice = false;
+    // What the status says about the card.
+    let mut disk = DiskState::Ok;
     while let Some(r) = rx.recv().await {
         let mut pending = vec![r];
         let until = tokio::time::Instant::now() + INGEST_WINDOW;
@@ -479,16 +501,17 @@ pub async fn run(
         s.append(std::mem::take(&mut batch)).await;
         // Against what the status says, not the spool's state before this append: a removal in
         // the connection task may have met the full card first.
-        if s.write_error().is_some() != disk_notice {
-            disk_notice = !disk_notice;
-            // Store IT and the platform see a card that refuses writes in the retained status.
-            settings.set_notice(
-                SPOOL_NOTICE,
-                s.write_error().map(|e| {
-                    format!("the spool cannot write to disk ({e}); messages are held in memory until it can (free space on the card, or replace it)")
-                }),
-            );
+        let free = s.disk_free_bytes();
+        let next = disk.next(s.write_error().is_some(), free, s.room_needed());
+        if next != disk {
+            // Store IT and the platform see a card in trouble in the retained status.
+            let text = disk_notice(next, &s, free);
+            if next == DiskState::Low {
+                tracing::warn!("{}", text.as_deref().unwrap_or_default());
+            }
+            settings.set_notice(SPOOL_NOTICE, text);
             status_changed.notify_one();
+            disk = next;
         }
         for id in &purge {
             match s.purge_customer(id).await {
@@ -507,6 +530,8 @@ pub async fn run(
             let mut h = health.lock().expect("health lock");
             h.spool_depth = s.depth();
             h.spool_held = s.held();
+            h.disk_free_bytes = free;
+            h.disk_low = disk == DiskState::Low;
             h.spool_write_error = s.write_error().map(str::to_owned);
             for p in [
                 Priority::Stats,
@@ -545,6 +570,7 @@ pub fn with_sink_counters(payload: &[u8], spool: &Spool, health: &Health) -> Vec
         "depth": spool.depth(),
         "bytes": spool.bytes(),
         "held": spool.held(),
+        "disk_free_bytes": spool.disk_free_bytes(),
         "dropped": {
             "stats": st.dropped[Priority::Stats as usize],
             "beacons": st.dropped[Priority::Beacons as usize],

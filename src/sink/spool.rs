@@ -140,6 +140,41 @@ impl SpoolError {
     }
 }
 
+/// The card as the spool sees it, for the status: each change is said once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskState {
+    /// Room for what the spool may still take.
+    #[default]
+    Ok,
+    /// Less free space than `max_bytes` minus what waits: a long broker outage would fill the card.
+    Low,
+    /// The card refuses writes (messages are held in memory).
+    Failing,
+}
+
+impl DiskState {
+    /// The next state from the previous one: `free` bytes free on the card, `need` what the spool
+    /// may still take. Low is left only at 10 % above the need, so a card hovering at the line
+    /// does not flip the status with every batch.
+    pub fn next(self, failing: bool, free: Option<u64>, need: u64) -> DiskState {
+        if failing {
+            return DiskState::Failing;
+        }
+        let Some(free) = free else {
+            return DiskState::Ok;
+        };
+        let low = match self {
+            DiskState::Low => free < need + need / 10,
+            _ => free < need,
+        };
+        if low {
+            DiskState::Low
+        } else {
+            DiskState::Ok
+        }
+    }
+}
+
 /// What happened when the spool was opened.
 #[derive(Debug, Default)]
 pub struct OpenReport {
@@ -1000,6 +1035,16 @@ impl Spool {
         self.stats
     }
 
+    /// Bytes free on the card that holds the spool (for an unprivileged process), if it can tell.
+    pub fn disk_free_bytes(&self) -> Option<u64> {
+        fs2::available_space(&self.path).ok()
+    }
+
+    /// What the spool may still take before `max_bytes`: the room it needs on the card.
+    pub fn room_needed(&self) -> u64 {
+        self.max_bytes.saturating_sub(self.bytes)
+    }
+
     /// Messages held in memory because the card refused them.
     pub fn held(&self) -> u64 {
         self.held.len() as u64
@@ -1497,6 +1542,30 @@ mod tests {
         assert_eq!(first[0].message, msg(Priority::Offers, 0), "offers go last");
         assert!(first[1].seq > 400, "the oldest presence went first");
         assert_eq!(s.bytes(), s.held_bytes);
+    }
+
+    #[test]
+    fn the_card_is_low_below_the_room_needed_and_stays_low_until_clearly_above() {
+        use DiskState::*;
+        let need = 1000;
+        assert_eq!(Ok.next(false, Some(1000), need), Ok);
+        assert_eq!(Ok.next(false, Some(999), need), Low);
+        // Hovering at the line does not flip the status with every batch.
+        assert_eq!(Low.next(false, Some(1050), need), Low);
+        assert_eq!(Low.next(false, Some(1100), need), Ok);
+        assert_eq!(Ok.next(true, Some(10_000), need), Failing);
+        assert_eq!(Failing.next(false, Some(500), need), Low);
+        assert_eq!(Failing.next(false, None, need), Ok);
+    }
+
+    #[tokio::test]
+    async fn room_needed_is_what_the_spool_may_still_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(&dir.path().join("spool"), 10_000).unwrap();
+        assert_eq!(s.room_needed(), 10_000);
+        s.append(vec![msg(Priority::Offers, 0)]).await;
+        assert_eq!(s.room_needed(), 10_000 - s.bytes());
+        assert!(s.disk_free_bytes().is_some_and(|f| f > 0));
     }
 
     #[test]
