@@ -87,6 +87,31 @@ fn presence_on(
         .collect()
 }
 
+/// Waits until presence events of `store` from after now arrive: by then the backlog has gone
+/// through (the spool sends in order). Simulated time runs 60× the wall clock since `started`.
+fn wait_for_events_after_now(sub: &Subscriber, store: &str, started: Instant, what: &str) {
+    let after = format!(
+        "2026-01-05T09:{:02}:00.000Z",
+        (started.elapsed().as_secs() + 5).min(59)
+    );
+    sub.wait_for(what, Duration::from_secs(90), |m| {
+        presence_on(m, store).iter().any(|e| e.3 > after)
+    });
+}
+
+/// Every presence event the pipeline produced up to the last one received has arrived, duplicates
+/// allowed.
+fn assert_nothing_lost(sub: &Subscriber, store: &str, what: &str) {
+    let got: BTreeSet<_> = presence_on(&sub.messages(), store).into_iter().collect();
+    let last = got.iter().map(|e| e.3.clone()).max().unwrap();
+    let missing: Vec<_> = expected_events()
+        .into_iter()
+        .filter(|e| e.3 <= last && !got.contains(e))
+        .collect();
+    assert!(got.len() > 20, "{}", got.len());
+    assert!(missing.is_empty(), "{what}: {missing:?}");
+}
+
 #[test]
 fn events_follow_the_contract_and_status_is_retained_with_a_last_will() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,29 +191,10 @@ fn every_event_survives_a_broker_outage() {
     broker.stop();
     std::thread::sleep(Duration::from_secs(30));
     broker.restart();
-    // Wait until events from after the outage arrive: the backlog has gone through by then (the
-    // spool sends in order). Simulated time is 60× the wall clock since the daemon started.
-    let after = format!(
-        "2026-01-05T09:{:02}:00.000Z",
-        (started.elapsed().as_secs() + 5).min(59)
-    );
-    sub.wait_for(
-        "events from after the outage",
-        Duration::from_secs(90),
-        |m| presence_on(m, "s3").iter().any(|e| e.3 > after),
-    );
+    wait_for_events_after_now(&sub, "s3", started, "events from after the outage");
     let _ = daemon.kill();
     let _ = daemon.wait();
-    // Every event the pipeline produced up to the last one received arrived: nothing was lost in
-    // the outage, duplicates allowed.
-    let got: BTreeSet<_> = presence_on(&sub.messages(), "s3").into_iter().collect();
-    let last = got.iter().map(|e| e.3.clone()).max().unwrap();
-    let missing: Vec<_> = expected_events()
-        .into_iter()
-        .filter(|e| e.3 <= last && !got.contains(e))
-        .collect();
-    assert!(got.len() > 20, "{}", got.len());
-    assert!(missing.is_empty(), "lost in the outage: {missing:?}");
+    assert_nothing_lost(&sub, "s3", "lost in the outage");
 }
 
 #[test]
@@ -394,15 +400,7 @@ fn a_full_card_holds_events_in_memory_and_loses_none() {
     // Held in memory for a while, then the broker is back.
     std::thread::sleep(Duration::from_secs(5));
     broker.restart();
-    let after = format!(
-        "2026-01-05T09:{:02}:00.000Z",
-        (started.elapsed().as_secs() + 5).min(59)
-    );
-    sub.wait_for(
-        "events from after the card filled",
-        Duration::from_secs(90),
-        |m| presence_on(m, "full").iter().any(|e| e.3 > after),
-    );
+    wait_for_events_after_now(&sub, "full", started, "events from after the card filled");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !log_text().contains("the spool writes to disk again") {
         assert!(Instant::now() < deadline, "{}", log_text());
@@ -410,13 +408,7 @@ fn a_full_card_holds_events_in_memory_and_loses_none() {
     }
     let _ = daemon.kill();
     let _ = daemon.wait();
-    let got: BTreeSet<_> = presence_on(&sub.messages(), "full").into_iter().collect();
-    let last = got.iter().map(|e| e.3.clone()).max().unwrap();
-    let missing: Vec<_> = expected_events()
-        .into_iter()
-        .filter(|e| e.3 <= last && !got.contains(e))
-        .collect();
-    assert!(missing.is_empty(), "lost on a full card: {missing:?}");
+    assert_nothing_lost(&sub, "full", "lost on a full card");
     // Store IT saw it in the retained status, and saw it clear.
     let warned = |v: &Value| {
         v["warnings"].as_array().is_some_and(|w| {
