@@ -348,3 +348,77 @@ fn a_cache_that_will_not_open_is_moved_aside_reported_and_rebuilt() {
             .to_string_lossy()
             .starts_with("customers.broken-")));
 }
+
+/// An opt-out that arrives when the card cannot write (the data directory is a full 1 MiB tmpfs,
+/// in a mount namespace of the daemon's own) still silences the customer at once: the cache
+/// cannot record it, so the hub asks for the batch again, but nothing identifies them meanwhile.
+#[test]
+fn an_opt_out_on_a_full_card_silences_the_customer_all_the_same() {
+    let victim = busiest_customer();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform", &format!("beacond/{STORE}/#"), true);
+    let cfg = config(dir.path(), &broker.url(), 20.0);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let out = dir.path();
+    let log = out.join("daemon.log");
+    let bin = assert_cmd::cargo::cargo_bin("beacond");
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {data:?} || exit 99
+         RUST_LOG=beacond=info {bin:?} run --config {cfg:?} >/dev/null 2>{log:?} & pid=$!
+         while [ ! -e {out:?}/fill ]; do sleep 0.1; done
+         dd if=/dev/zero of={data:?}/filler bs=4k 2>/dev/null; touch {out:?}/filled
+         while [ ! -e {out:?}/stop ]; do sleep 0.1; done
+         kill $pid; wait $pid"
+    );
+    let mut ns = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .spawn()
+        .expect("unshare (util-linux)");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let is_victim = |(t, v, _): &(String, Value, bool)| {
+        t.ends_with("/presence") && v["customer_id"] == victim.as_str()
+    };
+    sub.wait_for(
+        "the customer's first event",
+        Duration::from_secs(120),
+        |m| m.iter().any(is_victim),
+    );
+    std::fs::write(out.join("fill"), b"").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !out.join("filled").exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send(
+        &broker,
+        batch(json!({"v":1,"store":STORE,"seq":1,"type":"delta",
+                     "upsert":[{"id": victim, "opted_in": false}]})),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !log_text().contains("cannot write customer sync to the cache") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache took the write on a full card?\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The core has the opt-out a moment after the log line; what it made before has been sent
+    // well within this (the broker is on loopback and the spool holds in memory).
+    std::thread::sleep(Duration::from_secs(5));
+    let from = sub.messages().len();
+    sub.wait_for("other customers' events", Duration::from_secs(60), |m| {
+        m[from..]
+            .iter()
+            .filter(|(t, v, _)| t.ends_with("/presence") && v["customer_id"] != victim.as_str())
+            .count()
+            >= 10
+    });
+    std::fs::write(out.join("stop"), b"").unwrap();
+    let _ = ns.wait();
+    let msgs = sub.messages();
+    let after: Vec<_> = msgs[from..].iter().filter(|m| is_victim(m)).collect();
+    assert!(after.is_empty(), "events after the opt-out: {after:?}");
+}

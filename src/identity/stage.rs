@@ -58,8 +58,26 @@ pub async fn run(
                                     return;
                                 }
                             }
-                            Err(e) => tracing::error!(error = %e,
-                                "cannot write customer sync to the cache; the batch will be asked for again"),
+                            Err(e) => {
+                                tracing::error!(error = %e,
+                                    "cannot write customer sync to the cache; the batch will be asked for again");
+                                state.apply_failed(now, &accepted);
+                                // An opt-out takes effect at once even when the card cannot
+                                // record it: nothing may identify them from now on. The cache
+                                // gets it when the batch comes again.
+                                if let Accepted::Delta { delete, .. } = &accepted {
+                                    if !delete.is_empty()
+                                        && core
+                                            .send(CoreCommand::Change(DirectoryChange::Delete(
+                                                delete.clone(),
+                                            )))
+                                            .await
+                                            .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                            }
                         },
                         // A rejection names the reason, never the payload's bytes.
                         Err(e) => tracing::warn!(reason = e.reason(), "customer sync batch rejected: {e}"),

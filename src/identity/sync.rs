@@ -268,6 +268,17 @@ impl SyncState {
         self.retry_ms = RETRY_FIRST_MS;
     }
 
+    /// The cache could not take `accepted` (a card that cannot write): it is asked for again like
+    /// a gap, first after [`RETRY_FIRST_MS`] and then with backoff, until a batch fills it.
+    pub fn apply_failed(&mut self, now: Timestamp, accepted: &Accepted) {
+        let (Accepted::Delta { seq, .. } | Accepted::Chunk { seq, .. }) = accepted;
+        self.newest_seen = self.newest_seen.max(*seq);
+        if self.request_due.is_none() {
+            self.request_due = Some(Timestamp(now.0 + self.retry_ms));
+            self.retry_ms = (self.retry_ms * 2).min(RETRY_MAX_MS);
+        }
+    }
+
     /// When [`SyncState::poll_request`] next has something to say.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.request_due
@@ -633,6 +644,29 @@ mod tests {
         }
         assert_eq!(s.poll_timeout(), None);
         assert_eq!(s.stats().requests, 2);
+    }
+
+    #[test]
+    fn a_batch_the_cache_could_not_take_is_asked_for_again_until_applied() {
+        let (sk, vk) = keypair();
+        let mut s = SyncState::new(Some(vk), "s1", 3);
+        let a = s
+            .check(T, &sign(&sk, &delta(4, json!([]), &["x"])))
+            .unwrap();
+        // Not committed: the card refused the write.
+        s.apply_failed(T, &a);
+        assert_eq!(s.poll_request(T), None, "not at once: the card needs time");
+        let due = s.poll_timeout().unwrap();
+        assert_eq!(due, Timestamp(T.0 + 30_000));
+        assert_eq!(s.poll_request(due), Some(SyncRequest { from_seq: 4 }));
+        // Still not taken: again, later.
+        assert_eq!(s.poll_timeout(), Some(Timestamp(due.0 + 60_000)));
+        let a = s
+            .check(due, &sign(&sk, &delta(4, json!([]), &["x"])))
+            .unwrap();
+        s.commit(due, &a);
+        assert_eq!(s.applied(), 4);
+        assert_eq!(s.poll_timeout(), None, "filled: nothing more to ask");
     }
 
     #[test]
