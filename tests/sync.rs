@@ -206,6 +206,34 @@ fn busiest_customer() -> String {
         .0
 }
 
+/// Whether a message is a presence event naming `victim`.
+fn names(victim: &str) -> impl Fn(&(String, Value, bool)) -> bool + '_ {
+    move |(t, v, _)| t.ends_with("/presence") && v["customer_id"] == victim
+}
+
+/// Waits for `others` presence events of other customers from message `from(messages)` on (the
+/// pipeline goes on), then asserts that none since then named `victim`.
+fn assert_silenced_from(
+    sub: &Subscriber,
+    victim: &str,
+    from: impl Fn(&[(String, Value, bool)]) -> usize,
+    others: usize,
+) {
+    sub.wait_for("other customers' events", Duration::from_secs(60), |m| {
+        m[from(m)..]
+            .iter()
+            .filter(|(t, v, _)| t.ends_with("/presence") && v["customer_id"] != victim)
+            .count()
+            >= others
+    });
+    let msgs = sub.messages();
+    let after: Vec<_> = msgs[from(&msgs)..]
+        .iter()
+        .filter(|m| names(victim)(m))
+        .collect();
+    assert!(after.is_empty(), "events after the opt-out: {after:?}");
+}
+
 #[test]
 fn an_opt_out_silences_the_customer_at_once() {
     let victim = busiest_customer();
@@ -214,13 +242,11 @@ fn an_opt_out_silences_the_customer_at_once() {
     let sub = Subscriber::start(broker.port, "platform", &format!("beacond/{STORE}/#"), true);
     let cfg = config(dir.path(), &broker.url(), 20.0);
     let mut daemon = start_daemon(&cfg);
-    let is_victim = |(t, v, _): &(String, Value, bool)| {
-        t.ends_with("/presence") && v["customer_id"] == victim.as_str()
-    };
+    let is_victim = names(&victim);
     sub.wait_for(
         "the customer's first event",
         Duration::from_secs(120),
-        |m| m.iter().any(is_victim),
+        |m| m.iter().any(&is_victim),
     );
     send(
         &broker,
@@ -237,20 +263,7 @@ fn an_opt_out_silences_the_customer_at_once() {
             .position(|(t, v, _)| t.ends_with("/stats") && v["sync"]["seq"] == 1)
             .unwrap()
     };
-    // Others still flow: the pipeline goes on, only this customer is gone.
-    sub.wait_for("other customers' events", Duration::from_secs(60), |m| {
-        m[applied_at(m)..]
-            .iter()
-            .filter(|(t, v, _)| t.ends_with("/presence") && v["customer_id"] != victim.as_str())
-            .count()
-            >= 3
-    });
-    let msgs = sub.messages();
-    let after: Vec<_> = msgs[applied_at(&msgs)..]
-        .iter()
-        .filter(|m| is_victim(m))
-        .collect();
-    assert!(after.is_empty(), "events after the opt-out: {after:?}");
+    assert_silenced_from(&sub, &victim, applied_at, 3);
     signal(&daemon, "-TERM");
     let _ = daemon.wait();
     drop(daemon);
@@ -377,13 +390,11 @@ fn an_opt_out_on_a_full_card_silences_the_customer_all_the_same() {
         .spawn()
         .expect("unshare (util-linux)");
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let is_victim = |(t, v, _): &(String, Value, bool)| {
-        t.ends_with("/presence") && v["customer_id"] == victim.as_str()
-    };
+    let is_victim = names(&victim);
     sub.wait_for(
         "the customer's first event",
         Duration::from_secs(120),
-        |m| m.iter().any(is_victim),
+        |m| m.iter().any(&is_victim),
     );
     std::fs::write(out.join("fill"), b"").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -409,16 +420,7 @@ fn an_opt_out_on_a_full_card_silences_the_customer_all_the_same() {
     // well within this (the broker is on loopback and the spool holds in memory).
     std::thread::sleep(Duration::from_secs(5));
     let from = sub.messages().len();
-    sub.wait_for("other customers' events", Duration::from_secs(60), |m| {
-        m[from..]
-            .iter()
-            .filter(|(t, v, _)| t.ends_with("/presence") && v["customer_id"] != victim.as_str())
-            .count()
-            >= 10
-    });
+    assert_silenced_from(&sub, &victim, |_| from, 10);
     std::fs::write(out.join("stop"), b"").unwrap();
     let _ = ns.wait();
-    let msgs = sub.messages();
-    let after: Vec<_> = msgs[from..].iter().filter(|m| is_victim(m)).collect();
-    assert!(after.is_empty(), "events after the opt-out: {after:?}");
 }
