@@ -397,8 +397,12 @@ fn a_full_card_holds_events_in_memory_and_loses_none() {
         assert!(daemon.try_wait().unwrap().is_none(), "{}", log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Held in memory for a while, then the broker is back.
-    std::thread::sleep(Duration::from_secs(5));
+    // Held in memory for a while, then the broker is back. Long enough that the daemon's reconnect
+    // backoff has grown (as in the outage test above), so the test's subscriber, which retries every
+    // 200 ms, is back before the backlog is sent. Once, with 5 s here, CI saw the whole backlog
+    // missing at the subscriber while later events arrived; the suspected cause is the backlog
+    // reaching the restarted broker before the subscriber's session did. Not yet proven.
+    std::thread::sleep(Duration::from_secs(20));
     broker.restart();
     wait_for_events_after_now(&sub, "full", started, "events from after the card filled");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -406,30 +410,28 @@ fn a_full_card_holds_events_in_memory_and_loses_none() {
         assert!(Instant::now() < deadline, "{}", log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    assert_nothing_lost(&sub, "full", "lost on a full card");
-    // Store IT saw it in the retained status, and saw it clear.
     let warned = |v: &Value| {
         v["warnings"].as_array().is_some_and(|w| {
             w.iter()
                 .any(|w| w.as_str().unwrap_or("").contains("cannot write to disk"))
         })
     };
+    // Store IT saw the warning in the retained status. (Whether it clears is not asserted here: a
+    // 32 KiB card fills again within moments of taking the backlog; `DiskState` has unit tests.)
+    status.wait_for("the disk warning", Duration::from_secs(20), |m| {
+        m.iter().any(|(_, v, _)| warned(v))
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // Shown only if the test fails.
+    eprintln!("daemon log:\n{}", log_text());
+    assert_nothing_lost(&sub, "full", "lost on a full card");
     let statuses: Vec<Value> = status.messages().into_iter().map(|(_, v, _)| v).collect();
     // 32 KiB is far less than the default spool_max_bytes: said before the card filled.
     assert!(
         statuses.iter().any(|v| v["warnings"]
             .to_string()
             .contains("less than the spool may need")),
-        "{statuses:?}"
-    );
-    let first_warning = statuses.iter().position(warned);
-    assert!(first_warning.is_some(), "{statuses:?}\n{}", log_text());
-    assert!(
-        statuses[first_warning.unwrap()..]
-            .iter()
-            .any(|v| v["state"] == "online" && !warned(v)),
         "{statuses:?}"
     );
 }
