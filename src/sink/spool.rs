@@ -800,8 +800,9 @@ impl Spool {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            // Every message starts out held and is moved to its place on disk by the write: counted
-            // at once, so the room made for the next message counts this one.
+            // Indexed as in memory until the write gives it a place on disk (its record travels in
+            // `placed`, and goes to `held` only if the write fails): counted at once, so the room
+            // made for the next message counts this one.
             self.index(
                 seq,
                 Loc {
