@@ -119,6 +119,111 @@ impl Drop for Broker {
     }
 }
 
+/// A network cable between the daemon and the broker that a test can pull out: a TCP relay on a
+/// port of its own. Cutting it closes every relayed connection and refuses new ones, as a dead
+/// uplink does, while the broker and its other clients (the test's subscribers) stay up.
+pub struct Cable {
+    pub port: u16,
+    target: u16,
+    state: Arc<Mutex<CableState>>,
+}
+
+#[derive(Default)]
+struct CableState {
+    /// Bumped by every cut: a listener or relay from an older generation stops.
+    generation: u64,
+    streams: Vec<std::net::TcpStream>,
+}
+
+impl Cable {
+    /// A cable, plugged in, to the broker on `target`.
+    pub fn to(target: u16) -> Cable {
+        let cable = Cable {
+            port: free_port(),
+            target,
+            state: Default::default(),
+        };
+        cable.mend();
+        cable
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Pulls the cable: open connections break, new ones are refused.
+    pub fn cut(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.generation += 1;
+        for s in st.streams.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        drop(st);
+        // The accept loop polls every 20 ms; after this its listener is closed.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Plugs the cable back in.
+    pub fn mend(&self) {
+        use std::io::ErrorKind;
+        // The port was just ours, so binding it again only races with the kernel's cleanup.
+        let listener = (0..50)
+            .find_map(|_| match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => Some(l),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+            })
+            .expect("the cable's port is free again");
+        listener.set_nonblocking(true).unwrap();
+        let state = self.state.clone();
+        let generation = state.lock().unwrap().generation;
+        let target = self.target;
+        std::thread::spawn(move || loop {
+            if state.lock().unwrap().generation != generation {
+                return;
+            }
+            match listener.accept() {
+                Ok((client, _)) => {
+                    client.set_nonblocking(false).unwrap();
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                        continue;
+                    };
+                    let mut st = state.lock().unwrap();
+                    if st.generation != generation {
+                        return;
+                    }
+                    st.streams.push(client.try_clone().unwrap());
+                    st.streams.push(server.try_clone().unwrap());
+                    drop(st);
+                    relay(client.try_clone().unwrap(), server.try_clone().unwrap());
+                    relay(server, client);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(_) => return,
+            }
+        });
+    }
+}
+
+impl Drop for Cable {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// Copies one direction of a relayed connection until either side closes, then closes both.
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+    });
+}
+
 pub fn signal(child: &Child, sig: &str) {
     Command::new("kill")
         .arg(sig)
@@ -130,6 +235,7 @@ pub fn signal(child: &Child, sig: &str) {
 /// Everything a subscriber receives, kept across broker restarts (persistent session, QoS 1).
 pub struct Subscriber {
     got: Arc<Mutex<Vec<(String, Value, bool)>>>,
+    subscribed: Arc<std::sync::atomic::AtomicUsize>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -138,6 +244,8 @@ impl Subscriber {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = got.clone();
+        let subscribed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subs = subscribed.clone();
         let filter = filter.to_owned();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
@@ -155,6 +263,7 @@ impl Subscriber {
                             .unwrap();
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         if let Some(r) = ready.take() {
                             let _ = r.send(());
                         }
@@ -171,7 +280,29 @@ impl Subscriber {
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("subscribed");
-        Subscriber { got, rt }
+        Subscriber {
+            got,
+            subscribed,
+            rt,
+        }
+    }
+
+    /// Waits until the subscriber has subscribed again since `since()` was taken (after a broker
+    /// restart).
+    pub fn wait_resubscribed(&self, since: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.subscriptions() <= since {
+            assert!(
+                Instant::now() < deadline,
+                "the subscriber did not come back"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// How many times the subscriber has subscribed (once per connection).
+    pub fn subscriptions(&self) -> usize {
+        self.subscribed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn messages(&self) -> Vec<(String, Value, bool)> {
