@@ -206,6 +206,45 @@ fn every_event_survives_a_broker_outage() {
     assert_nothing_lost(&sub, "s3", "lost in the outage");
 }
 
+/// A store's uplink that keeps dropping, each time while the hub is sending its backlog: the hub
+/// reconnects at once each time and still loses nothing.
+#[test]
+fn every_event_survives_a_flapping_uplink() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform-6", "beacond/+/+/presence", false);
+    let cable = Cable::to(broker.port);
+    let cfg = daemon_config(dir.path(), "flap", &cable.url(), 60.0);
+    let log = dir.path().join("daemon.log");
+    let mut daemon = common::start_daemon_logging(&cfg, Some(&log));
+    let started = Instant::now();
+    sub.wait_for("first events", Duration::from_secs(20), |m| !m.is_empty());
+    // Seeded: a failure can be run again as it was.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+    for _ in 0..10 {
+        cable.cut();
+        // Long enough for a backlog of a few dozen messages.
+        std::thread::sleep(Duration::from_millis(rng.random_range(800..2000)));
+        // Three connections in a row break part-way through the backlog, the next one holds.
+        let breaks: Vec<usize> = (0..3).map(|_| rng.random_range(600..6000)).collect();
+        cable.mend_breaking(&breaks);
+        std::thread::sleep(Duration::from_millis(rng.random_range(2500..4000)));
+    }
+    wait_for_events_after_now(&sub, "flap", started, "events from after the flapping");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // Shown only if the test fails.
+    eprintln!("daemon log:\n{text}");
+    let connects = text.matches("connected to the MQTT broker").count();
+    assert!(
+        connects >= 20,
+        "the uplink really dropped: {connects} connections"
+    );
+    assert_nothing_lost(&sub, "flap", "lost on a flapping uplink");
+}
+
 #[test]
 fn accepted_events_survive_repeated_kill_9_and_are_sent_on_restart() {
     let dir = tempfile::tempdir().unwrap();

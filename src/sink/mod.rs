@@ -4,6 +4,7 @@
 //! - `terminal`: the demo's live view ([`terminal`]);
 //! - `mqtt`: the platform (MQTT issue).
 
+pub mod inflight;
 pub mod mqtt;
 pub mod spool;
 pub mod stdout;

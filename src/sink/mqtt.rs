@@ -4,7 +4,7 @@
 //! owns rumqttc's event loop and is the only one that publishes, so the order in which it hands
 //! messages to the client is the order of the client's `Outgoing::Publish` events, which is how a
 //! broker's PUBACK is traced back to the spool entry it acknowledges (rumqttc gives no per-message
-//! token). It publishes with `try_publish`, never awaiting the request channel from the task that polls
+//! token; [`InFlight`](super::inflight::InFlight) keeps the pairing). It publishes with `try_publish`, never awaiting the request channel from the task that polls
 //! (that deadlocks when the channel is full), keeps at most [`WINDOW`] messages in flight, and after
 //! every ConnAck replays the spool from the start, since a clean session drops whatever was in flight.
 //! Reconnects back off exponentially with jitter, forever.
@@ -12,7 +12,6 @@
 //! Topics (`{prefix}/{store}/{hub}/…`) and payloads are documented in `docs/mqtt.md` and
 //! `docs/asyncapi.yaml`.
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 
+use super::inflight::InFlight;
 use super::spool::{DiskState, Message, Priority, Spool};
 use super::Record;
 use crate::config::{Config, MqttConfig};
@@ -617,28 +617,17 @@ async fn connect_loop(
     let mut connected = false;
     let mut ever_connected = false;
     let mut attempt = 0u32;
-    // What was handed to the client, in order: a spool seq, or None for a status message.
-    let mut handed: VecDeque<Option<(u64, u8)>> = VecDeque::new();
-    let mut unacked: HashMap<u16, u64> = HashMap::new();
-    let mut cursor = 0u64;
-    // Acknowledged spool entries, removed in batches: one sled batch per PUBACK costs more than the
-    // publish itself.
-    let mut acked: Vec<u64> = Vec::with_capacity(WINDOW);
+    let mut inflight = InFlight::new();
     loop {
         health.lock().expect("health lock").last_loop_ms = Timestamp::now().0;
-        if acked.len() >= WINDOW / 2 || (!acked.is_empty() && unacked.is_empty()) {
-            let n = acked.len() as u64;
+        if let Some(acked) = inflight.take_acked(WINDOW) {
             spool.lock().await.remove(&acked);
-            acked.clear();
-            health.lock().expect("health lock").acknowledged += n;
+            health.lock().expect("health lock").acknowledged += acked.len() as u64;
         }
-        let finished = *finish.borrow()
-            && handed.is_empty()
-            && unacked.is_empty()
-            && spool.lock().await.depth() == 0;
-        if connected && handed.len() + unacked.len() < WINDOW {
-            let room = WINDOW - handed.len() - unacked.len();
-            let batch = spool.lock().await.batch_from(cursor, room);
+        let finished = *finish.borrow() && inflight.is_empty() && spool.lock().await.depth() == 0;
+        if connected && inflight.len() < WINDOW {
+            let room = WINDOW - inflight.len();
+            let batch = spool.lock().await.batch_from(inflight.cursor(), room);
             match batch {
                 Ok(entries) => {
                     for entry in entries {
@@ -654,8 +643,7 @@ async fn connect_loop(
                         {
                             break;
                         }
-                        handed.push_back(Some((seq, level)));
-                        cursor = seq + 1;
+                        inflight.handed_entry(seq, level);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "spool read failed"),
@@ -673,12 +661,18 @@ async fn connect_loop(
             }
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // rumqttc yields, after this ConnAck, what it buffered on the connection that
+                    // failed (`EventLoop::clean` keeps `state.events`): a publish whose write failed
+                    // still has its `Outgoing::Publish` queued. Taken for this connection's, it
+                    // would pair every spool entry with the PUBACK of the message before it, and the
+                    // next break would lose one. Only the sync batches among them are worth keeping.
+                    for p in take_stale_publishes(&mut eventloop) {
+                        forward_sync(sync_in.as_ref(), &settings, &p);
+                    }
                     connected = true;
                     attempt = 0;
                     // A clean session dropped whatever was in flight: start over from the spool.
-                    handed.clear();
-                    unacked.clear();
-                    cursor = 0;
+                    inflight.restart();
                     if client
                         .try_publish(
                             settings.topics.status.clone(),
@@ -688,7 +682,7 @@ async fn connect_loop(
                         )
                         .is_ok()
                     {
-                        handed.push_back(None);
+                        inflight.handed_other();
                     }
                     if let Some(tx) = &sync_in {
                         // Clean sessions drop subscriptions: subscribe on every connection.
@@ -707,25 +701,18 @@ async fn connect_loop(
                     tracing::info!(topics = %settings.topics.status, "connected to the MQTT broker");
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    match handed.pop_front() {
-                        Some(Some((seq, 0))) => acked.push(seq),
-                        Some(Some((seq, _))) => {
-                            unacked.insert(pkid, seq);
-                        }
-                        _ => {}
+                    if let Err(e) = inflight.on_outgoing(pkid) {
+                        // No PUBACK on this connection can be trusted to say which entry it
+                        // acknowledges: start over, and what is unacknowledged is sent again.
+                        tracing::error!(error = %e, "lost track of which message the broker acknowledges; reconnecting to send the unacknowledged ones again");
+                        inflight.forget();
+                        connected = false;
+                        let _ = client.try_disconnect();
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(tx) = sync_in.as_ref().filter(|_| p.topic == settings.topics.sync_customers) {
-                        if tx.try_send(SyncInput::Batch(p.payload.to_vec())).is_err() {
-                            tracing::warn!("customer sync is behind; dropped a batch, it will be asked for again");
-                        }
-                    }
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) => forward_sync(sync_in.as_ref(), &settings, &p),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(seq) = unacked.remove(&ack.pkid) {
-                        acked.push(seq);
-                    }
+                    inflight.on_puback(ack.pkid);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -760,9 +747,7 @@ async fn connect_loop(
                     (client, eventloop) = AsyncClient::new(settings.options.clone(), WINDOW * 2);
                     connected = false;
                     attempt = 0;
-                    handed.clear();
-                    unacked.clear();
-                    cursor = 0;
+                    inflight.restart();
                     health.lock().expect("health lock").connected = false;
                 } else if changed.is_err() {
                     // The ingest side is gone; nothing more will change.
@@ -774,7 +759,7 @@ async fn connect_loop(
                     .try_publish(settings.topics.status.clone(), QoS::AtLeastOnce, true, settings.status("online", None))
                     .is_ok()
                 {
-                    handed.push_back(None);
+                    inflight.handed_other();
                 }
             }
             req = recv_some(&mut sync_requests), if connected => {
@@ -783,11 +768,39 @@ async fn connect_loop(
                         .try_publish(settings.topics.sync_request.clone(), QoS::AtLeastOnce, false, payload)
                         .is_ok()
                     {
-                        handed.push_back(None);
+                        inflight.handed_other();
                     }
                 }
             }
         }
+    }
+}
+
+/// Empties the events rumqttc buffered on a connection that has since failed, and hands back the
+/// publishes received on it; call on ConnAck, before polling the new connection.
+fn take_stale_publishes(eventloop: &mut rumqttc::EventLoop) -> Vec<rumqttc::Publish> {
+    eventloop
+        .state
+        .events
+        .drain(..)
+        .filter_map(|ev| match ev {
+            Event::Incoming(Packet::Publish(p)) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Passes a batch from the customer sync topic on to the sync stage.
+fn forward_sync(
+    sync_in: Option<&mpsc::Sender<SyncInput>>,
+    settings: &Settings,
+    p: &rumqttc::Publish,
+) {
+    let Some(tx) = sync_in.filter(|_| p.topic == settings.topics.sync_customers) else {
+        return;
+    };
+    if tx.try_send(SyncInput::Batch(p.payload.to_vec())).is_err() {
+        tracing::warn!("customer sync is behind; dropped a batch, it will be asked for again");
     }
 }
 
@@ -860,5 +873,34 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
             format!("TLS: {t} (check mqtt.ca_file and the certificates)")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What rumqttc buffered before a connection failed is not yielded as the new connection's:
+    /// the stray `Outgoing::Publish` of a publish whose write failed would shift the pairing of
+    /// every later message with its PUBACK.
+    #[test]
+    fn events_of_a_failed_connection_are_dropped_on_connack_but_sync_batches_kept() {
+        let (_client, mut eventloop) = AsyncClient::new(MqttOptions::new("hub", "127.0.0.1", 1), 4);
+        let batch = rumqttc::Publish::new("beacond/s/sync/customers", QoS::AtLeastOnce, vec![1u8]);
+        eventloop.state.events.extend([
+            Event::Outgoing(Outgoing::Publish(41)),
+            Event::Incoming(Packet::PubAck(rumqttc::PubAck::new(40))),
+            Event::Incoming(Packet::Publish(batch.clone())),
+        ]);
+        assert_eq!(take_stale_publishes(&mut eventloop), vec![batch]);
+        assert!(eventloop.state.events.is_empty());
+        // With the stray event gone, the next connection's events pair up as handed over.
+        let mut f = InFlight::new();
+        f.handed_other();
+        f.handed_entry(0, 1);
+        assert!(f.on_outgoing(42).is_ok());
+        assert!(f.on_outgoing(43).is_ok());
+        f.on_puback(43);
+        assert_eq!(f.take_acked(WINDOW), Some(vec![0]));
     }
 }

@@ -120,8 +120,9 @@ impl Drop for Broker {
 }
 
 /// A network cable between the daemon and the broker that a test can pull out: a TCP relay on a
-/// port of its own. Cutting it closes every relayed connection and refuses new ones, as a dead
-/// uplink does, while the broker and its other clients (the test's subscribers) stay up.
+/// port of its own. Cutting it resets every relayed connection (as a NAT or firewall that drops its
+/// state does) and refuses new ones, as a dead uplink does, while the broker and its other clients
+/// (the test's subscribers) stay up.
 pub struct Cable {
     pub port: u16,
     target: u16,
@@ -130,9 +131,33 @@ pub struct Cable {
 
 #[derive(Default)]
 struct CableState {
-    /// Bumped by every cut: a listener or relay from an older generation stops.
+    /// Bumped by every cut: a listener from an older generation stops.
     generation: u64,
-    streams: Vec<std::net::TcpStream>,
+    /// The relayed connections, to reset on a cut. Weak: a connection's sockets close (and reset,
+    /// without linger) when its two relay threads let go of them.
+    links: Vec<std::sync::Weak<Link>>,
+    /// The next connections are reset once their client has sent this many bytes, one each.
+    budgets: std::collections::VecDeque<usize>,
+}
+
+/// Both sockets of one relayed connection.
+struct Link {
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    reset: std::sync::atomic::AtomicBool,
+}
+
+impl Link {
+    /// Resets both sides: with no linger, the close that follows sends RST, not FIN, so the hub
+    /// finds out on its next write as often as on its next read.
+    fn reset(&self) {
+        self.reset.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in [&self.client, &self.server] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+            // Wakes the relay's blocked reads; their threads then let go of the sockets.
+            let _ = s.shutdown(std::net::Shutdown::Read);
+        }
+    }
 }
 
 impl Cable {
@@ -151,12 +176,14 @@ impl Cable {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    /// Pulls the cable: open connections break, new ones are refused.
+    /// Pulls the cable: open connections are reset, new ones are refused.
     pub fn cut(&self) {
         let mut st = self.state.lock().unwrap();
         st.generation += 1;
-        for s in st.streams.drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        for l in st.links.drain(..) {
+            if let Some(l) = l.upgrade() {
+                l.reset();
+            }
         }
         drop(st);
         // The accept loop polls every 20 ms; after this its listener is closed.
@@ -165,6 +192,16 @@ impl Cable {
 
     /// Plugs the cable back in.
     pub fn mend(&self) {
+        self.plug(&[]);
+    }
+
+    /// Plugs the cable back in, to break again under each of the next connections once its client
+    /// has sent the next of `bytes`: a link that keeps dropping while the hub sends its backlog.
+    pub fn mend_breaking(&self, bytes: &[usize]) {
+        self.plug(bytes);
+    }
+
+    fn plug(&self, budgets: &[usize]) {
         use std::io::ErrorKind;
         // The port was just ours, so binding it again only races with the kernel's cleanup.
         let listener = (0..50)
@@ -178,7 +215,11 @@ impl Cable {
             .expect("the cable's port is free again");
         listener.set_nonblocking(true).unwrap();
         let state = self.state.clone();
-        let generation = state.lock().unwrap().generation;
+        let generation = {
+            let mut st = state.lock().unwrap();
+            st.budgets = budgets.iter().copied().collect();
+            st.generation
+        };
         let target = self.target;
         std::thread::spawn(move || loop {
             if state.lock().unwrap().generation != generation {
@@ -190,15 +231,21 @@ impl Cable {
                     let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
                         continue;
                     };
+                    let link = Arc::new(Link {
+                        client,
+                        server,
+                        reset: Default::default(),
+                    });
                     let mut st = state.lock().unwrap();
                     if st.generation != generation {
+                        link.reset();
                         return;
                     }
-                    st.streams.push(client.try_clone().unwrap());
-                    st.streams.push(server.try_clone().unwrap());
+                    let budget = st.budgets.pop_front();
+                    st.links.push(Arc::downgrade(&link));
                     drop(st);
-                    relay(client.try_clone().unwrap(), server.try_clone().unwrap());
-                    relay(server, client);
+                    relay(link.clone(), true, budget);
+                    relay(link, false, None);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20))
@@ -215,12 +262,38 @@ impl Drop for Cable {
     }
 }
 
-/// Copies one direction of a relayed connection until either side closes, then closes both.
-fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+/// Copies one direction of a relayed connection (`upstream`: client to server) until either side
+/// closes, then closes both, or until `budget` bytes have gone through, then resets both.
+fn relay(link: Arc<Link>, upstream: bool, mut budget: Option<usize>) {
+    use std::io::{Read, Write};
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
-        let _ = to.shutdown(std::net::Shutdown::Both);
-        let _ = from.shutdown(std::net::Shutdown::Both);
+        let (mut from, mut to) = if upstream {
+            (&link.client, &link.server)
+        } else {
+            (&link.server, &link.client)
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let n = budget.map_or(n, |b| n.min(b));
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if let Some(b) = budget.as_mut() {
+                *b -= n;
+                if *b == 0 {
+                    link.reset();
+                    return;
+                }
+            }
+        }
+        if !link.reset.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = link.client.shutdown(std::net::Shutdown::Both);
+            let _ = link.server.shutdown(std::net::Shutdown::Both);
+        }
     });
 }
 
