@@ -102,7 +102,10 @@ fn main() {
         cfg.mqtt.url = format!("mqtt://127.0.0.1:{port}");
         cfg.mqtt.enabled = true;
         let settings = Settings::from_config(&cfg, "bench".into()).unwrap();
-        let msgs: Vec<Message> = (0..events).map(|i| settings.message(&record(i)).unwrap()).collect();
+        let mut seq = beacond::sink::mqtt::Sequence::new();
+        let msgs: Vec<Message> = (0..events)
+            .map(|i| settings.message(&record(i), &mut seq).unwrap())
+            .collect();
         let payload_bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
 
         // 1. Accept: the backlog an outage leaves, in the batches the sink writes (up to 512).

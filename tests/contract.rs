@@ -51,6 +51,7 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
     cfg.mqtt.enabled = true;
     let settings = Settings::from_config(&cfg, beacond::daemon::config_hash(&cfg)).unwrap();
     let topics = settings.topics().clone();
+    let mut seq = beacond::sink::mqtt::Sequence::new();
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = beacond::sink::spool::Spool::open(&dir.path().join("s"), 1 << 20).unwrap();
     let mut counts = std::collections::HashMap::new();
@@ -60,7 +61,11 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
         // Periodic records, built from the same core at a few points of the run.
         if let beacond::presence::Event::Headcount(h) = e {
             let s = beacond::sink::stats_record(core, &Default::default(), h.start, h.end);
-            check(&stats, &settings.message(&s).unwrap().payload, "stats");
+            check(
+                &stats,
+                &settings.message(&s, &mut seq).unwrap().payload,
+                "stats",
+            );
             let mut with_scan = s.clone();
             if let beacond::sink::Record::Stats(st) = &mut with_scan {
                 st.scan = Some(beacond::scan::bluez::tracker::ScanCounters {
@@ -74,23 +79,23 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
             }
             check(
                 &stats,
-                &settings.message(&with_scan).unwrap().payload,
+                &settings.message(&with_scan, &mut seq).unwrap().payload,
                 "stats with scan",
             );
             // As the MQTT sink sends it, with its spool and connection counters.
             let enriched = beacond::sink::mqtt::with_sink_counters(
-                &settings.message(&s).unwrap().payload,
+                &settings.message(&s, &mut seq).unwrap().payload,
                 &spool,
                 &Default::default(),
             );
             check(&stats, &enriched, "stats with sink counters");
             let b = beacond::sink::beacons_record(core, h.end);
-            let m = settings.message(&b).unwrap();
+            let m = settings.message(&b, &mut seq).unwrap();
             assert_eq!(m.topic, topics.beacons);
             check(&beacons, &m.payload, "beacons");
             periodic_checked += 1;
         }
-        let m = settings.message(&render(core, e)).unwrap();
+        let m = settings.message(&render(core, e), &mut seq).unwrap();
         let (v, kind) = if m.topic == topics.presence {
             (&presence, "presence")
         } else if m.topic == topics.stats {
@@ -103,7 +108,9 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
         *counts.entry(format!("{kind}/{event}")).or_insert(0) += 1;
         // The supermarket's offer rules, as the daemon runs them.
         if let Some(t) = offers.on_event(core, e) {
-            let m = settings.message(&beacond::sink::Record::Offer(t)).unwrap();
+            let m = settings
+                .message(&beacond::sink::Record::Offer(t), &mut seq)
+                .unwrap();
             assert_eq!(m.topic, topics.offers);
             assert_eq!(m.qos, 1);
             check(&offer, &m.payload, "offer");
@@ -153,7 +160,8 @@ fn the_schemas_reject_what_the_contract_forbids() {
     let doc = asyncapi();
     let presence = validator(&doc, "presence");
     let ok: Value = serde_json::json!({
-        "schema": 1, "event_id": "0190a3b4-0000-7000-8000-000000000000", "store": "s", "hub": "h",
+        "schema": 1, "event_id": "0190a3b4-0000-7000-8000-000000000000",
+        "stream": "0190a3b4-0000-7000-8000-000000000001", "seq": 7, "store": "s", "hub": "h",
         "type": "presence", "event": "exit", "customer_id": "c", "zone": "z",
         "at": "2026-01-05T09:00:00.000Z", "entered_at": "2026-01-05T09:00:00.000Z",
         "first_seen": "2026-01-05T09:00:00.000Z", "last_seen": "2026-01-05T09:00:00.000Z",
@@ -167,8 +175,15 @@ fn the_schemas_reject_what_the_contract_forbids() {
     let mut bad = ok.clone();
     bad["mac_address"] = "aa:bb:cc:dd:ee:ff".into();
     assert!(!presence.is_valid(&bad));
-    let mut bad = ok;
+    let mut bad = ok.clone();
     bad["at"] = "yesterday".into();
+    assert!(!presence.is_valid(&bad));
+    // Without its number, or with a negative one, a gap could not be found.
+    let mut bad = ok.clone();
+    bad.as_object_mut().unwrap().remove("seq");
+    assert!(!presence.is_valid(&bad));
+    let mut bad = ok;
+    bad["seq"] = (-1).into();
     assert!(!presence.is_valid(&bad));
 }
 

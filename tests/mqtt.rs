@@ -110,6 +110,28 @@ fn assert_nothing_lost(sub: &Subscriber, store: &str, what: &str) {
         .collect();
     assert!(got.len() > 20, "{}", got.len());
     assert!(missing.is_empty(), "{what}: {missing:?}");
+    assert_numbered_without_gaps(sub, store);
+}
+
+/// What the platform checks (docs/mqtt.md, "Finding a gap"): in each stream, the presence numbers
+/// received run from 0 to the highest without a hole, duplicates allowed. Returns the streams.
+fn assert_numbered_without_gaps(sub: &Subscriber, store: &str) -> usize {
+    let mut streams: std::collections::BTreeMap<String, BTreeSet<u64>> = Default::default();
+    for (t, v, _) in sub.messages() {
+        if t == format!("beacond/{store}/hub-window/presence") {
+            let stream = v["stream"].as_str().expect("a stream").to_owned();
+            streams
+                .entry(stream)
+                .or_default()
+                .insert(v["seq"].as_u64().expect("a seq"));
+        }
+    }
+    for (stream, seqs) in &streams {
+        let max = *seqs.last().unwrap();
+        let holes: Vec<u64> = (0..=max).filter(|n| !seqs.contains(n)).collect();
+        assert!(holes.is_empty(), "stream {stream} is missing {holes:?}");
+    }
+    streams.len()
 }
 
 #[test]
@@ -284,6 +306,9 @@ fn accepted_events_survive_repeated_kill_9_and_are_sent_on_restart() {
         .filter(|e| e.3 <= last && !got_set.contains(*e))
         .collect();
     assert!(missing.is_empty(), "gaps after the crash: {missing:?}");
+    // Each run numbered what it accepted in a stream of its own, and each arrived without a hole.
+    let streams = assert_numbered_without_gaps(&sub, "crash");
+    assert!((2..=3).contains(&streams), "{streams} runs' streams");
 }
 
 /// A platform scales out with MQTT 5 shared subscriptions: two consumers in one share group split the

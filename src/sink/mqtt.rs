@@ -1,13 +1,14 @@
 //! The `mqtt` sink: the platform's view of a hub.
 //!
-//! Every record is first appended to the durable [`Spool`](super::spool::Spool); one connection task
-//! owns rumqttc's event loop and is the only one that publishes, so the order in which it hands
-//! messages to the client is the order of the client's `Outgoing::Publish` events, which is how a
-//! broker's PUBACK is traced back to the spool entry it acknowledges (rumqttc gives no per-message
-//! token; [`InFlight`](super::inflight::InFlight) keeps the pairing). It publishes with `try_publish`, never awaiting the request channel from the task that polls
-//! (that deadlocks when the channel is full), keeps at most [`WINDOW`] messages in flight, and after
-//! every ConnAck replays the spool from the start, since a clean session drops whatever was in flight.
-//! Reconnects back off exponentially with jitter, forever.
+//! Every record is first appended to the durable [`Spool`](super::spool::Spool). One connection task
+//! owns rumqttc's event loop and is the only one that publishes. So the order in which it hands
+//! messages to the client is the order of the client's `Outgoing::Publish` events, and that is how a
+//! broker's PUBACK is traced back to the spool entry it acknowledges: rumqttc gives no per-message
+//! token, and [`InFlight`](super::inflight::InFlight) keeps the pairing. The task publishes with
+//! `try_publish` and never awaits the request channel from the task that polls (that deadlocks when
+//! the channel is full). It keeps at most [`WINDOW`] messages in flight, and after every ConnAck it
+//! replays the spool from the start, since a clean session drops whatever was in flight. Reconnects
+//! back off exponentially with jitter, forever.
 //!
 //! Topics (`{prefix}/{store}/{hub}/…`) and payloads are documented in `docs/mqtt.md` and
 //! `docs/asyncapi.yaml`.
@@ -356,9 +357,9 @@ impl Settings {
         serde_json::to_vec(&v).expect("JSON of strings")
     }
 
-    /// The spool message for a record: topic, QoS, priority and the enveloped payload. `None` for a
-    /// record that is an instruction to the sink, not a message.
-    pub fn message(&self, record: &Record) -> Option<Message> {
+    /// The spool message for a record: topic, QoS, priority and the enveloped payload, numbered by
+    /// `seq`. `None` for a record that is an instruction to the sink, not a message.
+    pub fn message(&self, record: &Record, seq: &mut Sequence) -> Option<Message> {
         let mut body = serde_json::to_value(record).expect("records serialise");
         let (topic, priority, qos, customer) = match record {
             Record::Presence(p) => (
@@ -385,6 +386,8 @@ impl Settings {
             "event_id".into(),
             json!(uuid::Uuid::now_v7().hyphenated().to_string()),
         );
+        envelope.insert("stream".into(), json!(seq.stream));
+        envelope.insert("seq".into(), json!(seq.next(priority)));
         envelope.insert("store".into(), json!(self.store));
         envelope.insert("hub".into(), json!(self.hub));
         if let Value::Object(fields) = &mut body {
@@ -397,6 +400,44 @@ impl Settings {
             customer,
             payload: serde_json::to_vec(&Value::Object(envelope)).expect("JSON"),
         })
+    }
+}
+
+/// Numbers each topic's messages, 0, 1, 2, …, within a stream that is new with every start of the
+/// daemon, so the platform can tell a message that never arrived from one it has not been sent yet:
+/// MQTT's acknowledgements end at the broker (docs/mqtt.md). Kept in memory only: a stream id of
+/// its own per start costs no write on the card, and the spool keeps each message's number.
+#[derive(Debug)]
+pub struct Sequence {
+    stream: String,
+    next: [u64; 4],
+}
+
+impl Sequence {
+    /// A new stream, numbered from 0 on every topic.
+    pub fn new() -> Sequence {
+        Sequence {
+            stream: uuid::Uuid::now_v7().hyphenated().to_string(),
+            next: [0; 4],
+        }
+    }
+
+    /// The stream's id (a UUIDv7, so streams sort by when they started).
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The next number on the topic of `priority` (one topic per priority).
+    fn next(&mut self, priority: Priority) -> u64 {
+        let n = &mut self.next[priority as usize];
+        *n += 1;
+        *n - 1
+    }
+}
+
+impl Default for Sequence {
+    fn default() -> Sequence {
+        Sequence::new()
     }
 }
 
@@ -451,6 +492,7 @@ pub async fn run(
     // whole blocks, so on an SD card a flush per event would cost kilobytes each; a record that is
     // still in this window when the power goes was never accepted, so nothing accepted is lost.
     let mut batch = Vec::new();
+    let mut sequence = Sequence::new();
     // What the status says about the card.
     let mut disk = DiskState::Ok;
     while let Some(r) = rx.recv().await {
@@ -486,7 +528,7 @@ pub async fn run(
                 purge.extend(ids.iter().cloned());
                 continue;
             }
-            let Some(mut m) = settings.message(r) else {
+            let Some(mut m) = settings.message(r, &mut sequence) else {
                 continue;
             };
             if let Record::Stats(_) = r {
@@ -700,7 +742,9 @@ async fn connect_loop(
                     ever_connected = true;
                     tracing::info!(topics = %settings.topics.status, "connected to the MQTT broker");
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                // Not connected here means leaving on purpose after a mismatch: what still goes
+                // out before the disconnect pairs with nothing.
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if connected => {
                     if let Err(e) = inflight.on_outgoing(pkid) {
                         // No PUBACK on this connection can be trusted to say which entry it
                         // acknowledges: start over, and what is unacknowledged is sent again.
@@ -879,6 +923,63 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each topic counts on its own from 0, so a QoS 0 stats message lost on the way leaves no gap
+    /// in presence; a new run is a new stream.
+    #[test]
+    fn each_topic_is_numbered_from_zero_within_a_stream_of_its_own() {
+        let mut cfg = Config::default();
+        cfg.hub.store_id = "s".into();
+        let settings = Settings::from_config(&cfg, "h".into()).unwrap();
+        let t = Timestamp(1_767_603_600_000);
+        let presence = Record::Presence(crate::sink::PresenceRecord {
+            event: "enter",
+            customer_id: Some("cust-1".into()),
+            tag_id: None,
+            zone: "produce".into(),
+            at: t,
+            entered_at: t,
+            first_seen: t,
+            last_seen: t,
+            rssi: -68.4,
+            distance_m: 2.61,
+            dwell_s: None,
+            duration_s: None,
+            reason: None,
+        });
+        let headcount = Record::Headcount(crate::sink::HeadcountRecord {
+            start: t,
+            end: t,
+            zones: Vec::new(),
+        });
+        let mut seq = Sequence::new();
+        let numbers: Vec<(String, u64, String)> =
+            [&presence, &headcount, &presence, &presence, &headcount]
+                .into_iter()
+                .map(|r| {
+                    let m = settings.message(r, &mut seq).unwrap();
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                    (
+                        m.topic,
+                        v["seq"].as_u64().unwrap(),
+                        v["stream"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+        let on = |topic: &str| -> Vec<u64> {
+            numbers
+                .iter()
+                .filter(|n| n.0 == topic)
+                .map(|n| n.1)
+                .collect()
+        };
+        assert_eq!(on(&settings.topics().presence), vec![0, 1, 2]);
+        assert_eq!(on(&settings.topics().stats), vec![0, 1]);
+        assert!(numbers.iter().all(|n| n.2 == seq.stream()));
+        let next_run = Sequence::new();
+        assert_ne!(next_run.stream(), seq.stream());
+        assert!(next_run.stream() > seq.stream(), "streams sort by start");
+    }
 
     /// What rumqttc buffered before a connection failed is not yielded as the new connection's:
     /// the stray `Outgoing::Publish` of a publish whose write failed would shift the pairing of

@@ -30,11 +30,11 @@ use thiserror::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum Priority {
-    /// Periodic counters.
+    /// Periodic counters and headcounts.
     Stats = 0,
     /// Fixed-beacon fleet health.
     Beacons = 1,
-    /// Enter, dwell, exit and headcounts.
+    /// Enter, dwell and exit.
     Presence = 2,
     /// Offer triggers.
     Offers = 3,
