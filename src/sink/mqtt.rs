@@ -925,27 +925,16 @@ mod tests {
     use super::*;
 
     /// Each topic counts on its own from 0, so a QoS 0 stats message lost on the way leaves no gap
-    /// in presence; a new run is a new stream.
+    /// on another topic; a new run is a new stream.
     #[test]
     fn each_topic_is_numbered_from_zero_within_a_stream_of_its_own() {
         let mut cfg = Config::default();
         cfg.hub.store_id = "s".into();
         let settings = Settings::from_config(&cfg, "h".into()).unwrap();
         let t = Timestamp(1_767_603_600_000);
-        let presence = Record::Presence(crate::sink::PresenceRecord {
-            event: "enter",
-            customer_id: Some("cust-1".into()),
-            tag_id: None,
-            zone: "produce".into(),
+        let beacons = Record::Beacons(crate::sink::BeaconsRecord {
             at: t,
-            entered_at: t,
-            first_seen: t,
-            last_seen: t,
-            rssi: -68.4,
-            distance_m: 2.61,
-            dwell_s: None,
-            duration_s: None,
-            reason: None,
+            beacons: Vec::new(),
         });
         let headcount = Record::Headcount(crate::sink::HeadcountRecord {
             start: t,
@@ -954,7 +943,7 @@ mod tests {
         });
         let mut seq = Sequence::new();
         let numbers: Vec<(String, u64, String)> =
-            [&presence, &headcount, &presence, &presence, &headcount]
+            [&beacons, &headcount, &beacons, &beacons, &headcount]
                 .into_iter()
                 .map(|r| {
                     let m = settings.message(r, &mut seq).unwrap();
@@ -973,7 +962,7 @@ mod tests {
                 .map(|n| n.1)
                 .collect()
         };
-        assert_eq!(on(&settings.topics().presence), vec![0, 1, 2]);
+        assert_eq!(on(&settings.topics().beacons), vec![0, 1, 2]);
         assert_eq!(on(&settings.topics().stats), vec![0, 1]);
         assert!(numbers.iter().all(|n| n.2 == seq.stream()));
         let next_run = Sequence::new();
