@@ -65,15 +65,8 @@ pub async fn run(
                                 // An opt-out takes effect at once even when the card cannot
                                 // record it: nothing may identify them from now on. The cache
                                 // gets it when the batch comes again.
-                                if let Accepted::Delta { delete, .. } = &accepted {
-                                    if !delete.is_empty()
-                                        && core
-                                            .send(CoreCommand::Change(DirectoryChange::Delete(
-                                                delete.clone(),
-                                            )))
-                                            .await
-                                            .is_err()
-                                    {
+                                if let Some(change) = opt_outs(&accepted) {
+                                    if core.send(CoreCommand::Change(change)).await.is_err() {
                                         return;
                                     }
                                 }
@@ -175,6 +168,16 @@ enum Applied {
 }
 
 /// Applies an accepted batch to the cache; returns what the core must be told.
+/// The opt-outs a batch carries, as the change that removes them from the core.
+fn opt_outs(accepted: &Accepted) -> Option<DirectoryChange> {
+    match accepted {
+        Accepted::Delta { delete, .. } if !delete.is_empty() => {
+            Some(DirectoryChange::Delete(delete.clone()))
+        }
+        _ => None,
+    }
+}
+
 fn apply(
     cache: &mut Cache,
     staging: &mut Option<Staging>,
@@ -187,10 +190,7 @@ fn apply(
             delete,
         } => {
             cache.apply_delta(*seq, upsert, delete)?;
-            let mut out = Vec::new();
-            if !delete.is_empty() {
-                out.push(DirectoryChange::Delete(delete.clone()));
-            }
+            let mut out: Vec<DirectoryChange> = opt_outs(accepted).into_iter().collect();
             if !upsert.is_empty() {
                 out.push(DirectoryChange::Upsert(upsert.clone()));
             }

@@ -192,16 +192,13 @@ impl Cable {
 
     /// Plugs the cable back in.
     pub fn mend(&self) {
-        self.plug(&[]);
+        self.mend_breaking(&[]);
     }
 
     /// Plugs the cable back in, to break again under each of the next connections once its client
-    /// has sent the next of `bytes`: a link that keeps dropping while the hub sends its backlog.
-    pub fn mend_breaking(&self, bytes: &[usize]) {
-        self.plug(bytes);
-    }
-
-    fn plug(&self, budgets: &[usize]) {
+    /// has sent the next of `budgets` bytes: a link that keeps dropping while the hub sends its
+    /// backlog.
+    pub fn mend_breaking(&self, budgets: &[usize]) {
         use std::io::ErrorKind;
         // The port was just ours, so binding it again only races with the kernel's cleanup.
         let listener = (0..50)
