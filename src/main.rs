@@ -77,6 +77,11 @@ enum Command {
         /// other people in it, to check a tuning on runs it was not made on.
         #[arg(long)]
         seed: Option<u64>,
+        /// Instead of running the store, calibrate its zones as a field engineer would with
+        /// `beacond calibrate` (a reference fob at 1 m, walked around each area's edge and just
+        /// outside it) and compare the suggestion with the scenario's thresholds.
+        #[arg(long, conflicts_with = "filter")]
+        calibrate: bool,
     },
     /// Compute the retailer app's rotating token (the reference for app developers;
     /// docs/app-token.md specifies it).
@@ -383,7 +388,14 @@ fn main() -> ExitCode {
             json,
             filter,
             seed,
-        } => simulate(&scenario, json, filter, seed),
+            calibrate,
+        } => {
+            if calibrate {
+                simulate_calibrate(&scenario, json, seed)
+            } else {
+                simulate(&scenario, json, filter, seed)
+            }
+        }
         Command::Demo {
             scenario,
             speed,
@@ -644,6 +656,84 @@ fn simulate(
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate_calibrate(arg: &str, json: bool, seed: Option<u64>) -> anyhow::Result<ExitCode> {
+    use beacond::scan::sim::survey;
+    let mut scenario = match beacond::scan::sim::Scenario::load(&scenario_spec(arg)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Some(seed) = seed {
+        scenario.seed = seed;
+    }
+    let zones = match survey::survey(&scenario) {
+        Ok(z) => z,
+        Err(e) => {
+            eprintln!("{}: {e}", scenario.name);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let off = |z: &survey::ZoneSurvey| {
+        (z.configured.0 - z.suggestion.enter_rssi).abs() > survey::TOLERANCE_DB
+            || (z.configured.1 - z.suggestion.exit_rssi).abs() > survey::TOLERANCE_DB
+    };
+    if json {
+        let v: Vec<serde_json::Value> = zones
+            .iter()
+            .map(|z| {
+                serde_json::json!({
+                    "zone": z.zone,
+                    "configured": {"enter_rssi": z.configured.0, "exit_rssi": z.configured.1},
+                    "suggested": {
+                        "measured_power": z.suggestion.measured_power,
+                        "enter_rssi": z.suggestion.enter_rssi,
+                        "exit_rssi": z.suggestion.exit_rssi,
+                        "path_loss_exponent": z.suggestion.path_loss_exponent,
+                    },
+                    "phases": z.phases.iter().map(|p| serde_json::json!({
+                        "n": p.n, "median": p.median, "p10": p.p10, "p90": p.p90,
+                    })).collect::<Vec<_>>(),
+                    "warnings": z.suggestion.warnings,
+                    "matches": !off(z),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"scenario": scenario.name, "zones": v})
+        );
+    } else {
+        println!(
+            "{}: calibrated as `beacond calibrate` would (seed {})",
+            scenario.name, scenario.seed
+        );
+        for z in &zones {
+            println!(
+                "\nzone {:?}: configured enter {} / exit {}, suggested {} / {}{}",
+                z.zone,
+                z.configured.0,
+                z.configured.1,
+                z.suggestion.enter_rssi,
+                z.suggestion.exit_rssi,
+                if off(z) {
+                    format!("  (differs by more than {} dB)", survey::TOLERANCE_DB)
+                } else {
+                    String::new()
+                }
+            );
+            for r in &z.suggestion.reasoning {
+                println!("  - {r}");
+            }
+            for w in &z.suggestion.warnings {
+                println!("  ! {w}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

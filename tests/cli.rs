@@ -210,6 +210,44 @@ fn simulate_seed_runs_the_same_store_with_other_shoppers_reproducibly() {
 }
 
 #[test]
+fn simulate_calibrate_walks_each_zone_as_a_field_engineer_would() {
+    let v = simulate_json(&["boutique", "--calibrate"]);
+    assert_eq!(v["scenario"], "boutique");
+    let zones = v["zones"].as_array().unwrap();
+    let ids: Vec<&str> = zones.iter().map(|z| z["zone"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["window", "rails", "fitting"]);
+    for z in zones {
+        assert_eq!(z["configured"]["enter_rssi"], -75, "{z}");
+        let enter = z["suggested"]["enter_rssi"].as_i64().unwrap();
+        let exit = z["suggested"]["exit_rssi"].as_i64().unwrap();
+        // Each area's edge, 2.5 m out and 1.4 m below the hub, reads -68 dBm before shadowing.
+        assert!((-74..=-65).contains(&enter), "{z}");
+        assert!(
+            enter - exit >= 9,
+            "the engine's exit margin and one more: {z}"
+        );
+        // The fobs' calibrated -59 dBm at 1 m, give or take one shadowing draw.
+        let p1m = z["suggested"]["measured_power"].as_i64().unwrap();
+        assert!((-63..=-55).contains(&p1m), "{z}");
+        assert_eq!(z["phases"].as_array().unwrap().len(), 3, "{z}");
+        assert_eq!(z["matches"], (enter + 75).abs() <= 1, "{z}");
+    }
+    let text = beacond()
+        .args(["simulate", "supermarket", "--calibrate"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("zone \"produce\": configured enter -76 / exit -85, suggested"),
+        "{text}"
+    );
+    assert!(text.contains("enter_rssi = "), "{text}");
+}
+
+#[test]
 fn simulate_rejects_an_unknown_scenario_clearly() {
     beacond()
         .args(["simulate", "no-such-store"])

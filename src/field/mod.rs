@@ -418,7 +418,13 @@ pub async fn calibrate(
         .map_err(w)?;
         stats.push(s);
     }
-    let s = calibrate::suggest(&stats[0], &stats[1], &stats[2], opts.edge_m);
+    let s = calibrate::suggest(
+        &stats[0],
+        &stats[1],
+        &stats[2],
+        opts.edge_m,
+        cfg.presence.exit_margin_db,
+    );
     writeln!(out, "\nSuggested for zone {:?}:", opts.zone).map_err(w)?;
     for r in &s.reasoning {
         writeln!(out, "  - {r}").map_err(w)?;

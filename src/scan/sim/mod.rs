@@ -13,6 +13,7 @@
 //! Everything is drawn from one seeded generator: the same scenario gives the same run.
 
 pub mod scenario;
+pub mod survey;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -363,48 +364,22 @@ impl Simulation {
         // The random advertising delay is in the schedule (`next`), so adverts come out in time order.
         self.queue.push(Reverse((next, emitter)));
         for (h, hub) in self.hubs.iter().enumerate() {
-            let dx = hub[0] - pos[0];
-            let dy = hub[1] - pos[1];
-            let d = (dx * dx + dy * dy + radio.height_m * radio.height_m).sqrt();
-            let mut rssi = power_db - 10.0 * radio.path_loss_exponent * d.log10();
-            // Shadowing: an Ornstein-Uhlenbeck process that decorrelates as the device moves (walls,
-            // shelves and people between it and the hub change) and, slowly, as others move around
-            // a device that stands still.
             let cell = &mut self.shadow[slot * self.hubs.len() + h];
-            let n: f64 = StandardNormal.sample(&mut self.rng);
-            let s = if cell.0.is_nan() {
-                n * radio.shadowing_sigma_db
-            } else {
-                let moved = ((pos[0] - cell.2[0]).powi(2) + (pos[1] - cell.2[1]).powi(2)).sqrt();
-                let a = (-((t - cell.1) as f64 / 1000.0) / radio.shadowing_tau_s
-                    - moved / radio.shadowing_corr_m)
-                    .exp();
-                cell.0 as f64 * a + radio.shadowing_sigma_db * (1.0 - a * a).sqrt() * n
-            };
-            *cell = (s as f32, t, pos);
-            rssi += s;
-            // Rician fast fading: power gain of a line-of-sight component plus scattered ones.
-            let k = radio.fading_k;
-            let (re, im): (f64, f64) = (
-                StandardNormal.sample(&mut self.rng),
-                StandardNormal.sample(&mut self.rng),
-            );
-            let los = (k / (k + 1.0)).sqrt();
-            let sc = (1.0 / (2.0 * (k + 1.0))).sqrt();
-            let gain = (los + sc * re).powi(2) + (sc * im).powi(2);
-            rssi += 10.0 * gain.max(1e-6).log10();
-            if pocket {
-                // The body is between a pocketed device and a hub behind the shopper.
-                let toward = dy.atan2(dx);
-                let behind = (-(toward - facing).cos()).max(0.0);
-                rssi -= radio.body_loss_db * behind;
-            }
-            if rssi < radio.sensitivity_dbm
-                || self.rng.random::<f64>() < radio.packet_loss
-                || self.rng.random::<f64>() >= radio.scan_duty
-            {
+            let Some(rssi) = receive(
+                &mut self.rng,
+                &radio,
+                *hub,
+                Carried {
+                    pos,
+                    facing,
+                    power_db,
+                    pocket,
+                },
+                t,
+                cell,
+            ) else {
                 continue;
-            }
+            };
             self.pending.push_back(Advert {
                 at: Timestamp(SIM_EPOCH_MS + t),
                 hub: h as u16,
@@ -414,6 +389,71 @@ impl Simulation {
             });
         }
     }
+}
+
+/// Where a device is and how it is carried, for one advertisement.
+#[derive(Clone, Copy, Debug)]
+struct Carried {
+    pos: [f64; 2],
+    /// Which way its carrier faces, radians.
+    facing: f64,
+    /// Its power at 1 m, dBm, with its own error.
+    power_db: f64,
+    /// In a pocket: the body shadows hubs behind the carrier.
+    pocket: bool,
+}
+
+/// The RSSI `hub` hears from one advertisement of `device` at `t` (simulated ms), or `None` when
+/// the hub misses it. `cell` is the shadowing state of this device and hub. The shoppers' adverts
+/// and the simulated calibration both go through here, so they meet the same radio.
+fn receive(
+    rng: &mut ChaCha8Rng,
+    radio: &scenario::Radio,
+    hub: [f64; 2],
+    device: Carried,
+    t: u64,
+    cell: &mut (f32, u64, [f64; 2]),
+) -> Option<f64> {
+    let pos = device.pos;
+    let dx = hub[0] - pos[0];
+    let dy = hub[1] - pos[1];
+    let d = (dx * dx + dy * dy + radio.height_m * radio.height_m).sqrt();
+    let mut rssi = device.power_db - 10.0 * radio.path_loss_exponent * d.log10();
+    // Shadowing: an Ornstein-Uhlenbeck process that decorrelates as the device moves (walls,
+    // shelves and people between it and the hub change) and, slowly, as others move around
+    // a device that stands still.
+    let n: f64 = StandardNormal.sample(rng);
+    let s = if cell.0.is_nan() {
+        n * radio.shadowing_sigma_db
+    } else {
+        let moved = ((pos[0] - cell.2[0]).powi(2) + (pos[1] - cell.2[1]).powi(2)).sqrt();
+        let a = (-((t - cell.1) as f64 / 1000.0) / radio.shadowing_tau_s
+            - moved / radio.shadowing_corr_m)
+            .exp();
+        cell.0 as f64 * a + radio.shadowing_sigma_db * (1.0 - a * a).sqrt() * n
+    };
+    *cell = (s as f32, t, pos);
+    rssi += s;
+    // Rician fast fading: power gain of a line-of-sight component plus scattered ones.
+    let k = radio.fading_k;
+    let (re, im): (f64, f64) = (StandardNormal.sample(rng), StandardNormal.sample(rng));
+    let los = (k / (k + 1.0)).sqrt();
+    let sc = (1.0 / (2.0 * (k + 1.0))).sqrt();
+    let gain = (los + sc * re).powi(2) + (sc * im).powi(2);
+    rssi += 10.0 * gain.max(1e-6).log10();
+    if device.pocket {
+        // The body is between a pocketed device and a hub behind the shopper.
+        let toward = dy.atan2(dx);
+        let behind = (-(toward - device.facing).cos()).max(0.0);
+        rssi -= radio.body_loss_db * behind;
+    }
+    if rssi < radio.sensitivity_dbm
+        || rng.random::<f64>() < radio.packet_loss
+        || rng.random::<f64>() >= radio.scan_duty
+    {
+        return None;
+    }
+    Some(rssi)
 }
 
 fn random_address(rng: &mut ChaCha8Rng, resolvable: bool) -> [u8; 6] {
