@@ -641,16 +641,9 @@ fn simulate(
     filter: Option<FilterArg>,
     seed: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let mut scenario = match beacond::scan::sim::Scenario::load(&scenario_spec(arg)) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(2));
-        }
+    let Some(scenario) = load_scenario(arg, seed) else {
+        return Ok(ExitCode::from(2));
     };
-    if let Some(seed) = seed {
-        scenario.seed = seed;
-    }
     let report = beacond::simulate::run(scenario, filter.map(Into::into), |_, _| {});
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -660,18 +653,27 @@ fn simulate(
     Ok(ExitCode::SUCCESS)
 }
 
-fn simulate_calibrate(arg: &str, json: bool, seed: Option<u64>) -> anyhow::Result<ExitCode> {
-    use beacond::scan::sim::survey;
-    let mut scenario = match beacond::scan::sim::Scenario::load(&scenario_spec(arg)) {
-        Ok(s) => s,
+/// The scenario `arg` names, with `seed` instead of its own; `None` after saying what is wrong.
+fn load_scenario(arg: &str, seed: Option<u64>) -> Option<beacond::scan::sim::Scenario> {
+    match beacond::scan::sim::Scenario::load(&scenario_spec(arg)) {
+        Ok(mut s) => {
+            if let Some(seed) = seed {
+                s.seed = seed;
+            }
+            Some(s)
+        }
         Err(e) => {
             eprintln!("{e}");
-            return Ok(ExitCode::from(2));
+            None
         }
-    };
-    if let Some(seed) = seed {
-        scenario.seed = seed;
     }
+}
+
+fn simulate_calibrate(arg: &str, json: bool, seed: Option<u64>) -> anyhow::Result<ExitCode> {
+    use beacond::scan::sim::survey;
+    let Some(scenario) = load_scenario(arg, seed) else {
+        return Ok(ExitCode::from(2));
+    };
     let zones = match survey::survey(&scenario) {
         Ok(z) => z,
         Err(e) => {
