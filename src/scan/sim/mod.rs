@@ -384,7 +384,7 @@ impl Simulation {
                 at: Timestamp(SIM_EPOCH_MS + t),
                 hub: h as u16,
                 address,
-                rssi: rssi.round().clamp(-127.0, 20.0) as i16,
+                rssi,
                 payload: Payload::from_slice(payload.as_bytes()),
             });
         }
@@ -403,8 +403,8 @@ struct Carried {
     pocket: bool,
 }
 
-/// The RSSI `hub` hears from one advertisement of `device` at `t` (simulated ms), or `None` when
-/// the hub misses it. `cell` is the shadowing state of this device and hub. The shoppers' adverts
+/// The RSSI `hub` hears from one advertisement of `device` at `t` (simulated ms), in whole dBm as a
+/// controller reports it, or `None` when the hub misses it. `cell` is the shadowing state of this device and hub. The shoppers' adverts
 /// and the simulated calibration both go through here, so they meet the same radio.
 fn receive(
     rng: &mut ChaCha8Rng,
@@ -413,7 +413,7 @@ fn receive(
     device: Carried,
     t: u64,
     cell: &mut (f32, u64, [f64; 2]),
-) -> Option<f64> {
+) -> Option<i16> {
     let pos = device.pos;
     let dx = hub[0] - pos[0];
     let dy = hub[1] - pos[1];
@@ -453,7 +453,7 @@ fn receive(
     {
         return None;
     }
-    Some(rssi)
+    Some(rssi.round().clamp(-127.0, 20.0) as i16)
 }
 
 fn random_address(rng: &mut ChaCha8Rng, resolvable: bool) -> [u8; 6] {
@@ -742,5 +742,49 @@ entrance = [0.0, 0.0]
         assert!((12.0..30.0).contains(&gap), "gap {gap}");
         // Packet loss and duty cycle drop some, but most are heard.
         assert!(near.len() > 400, "{}", near.len());
+    }
+
+    #[test]
+    fn a_zone_without_a_hub_is_heard_by_the_first_hub() {
+        let text = r#"
+name = "t"
+duration_s = 60
+[[hubs]]
+id = "a"
+x = 0.0
+y = 0.0
+[[hubs]]
+id = "b"
+x = 9.0
+y = 0.0
+[[zones]]
+id = "own"
+[[zones]]
+id = "far"
+hub = "b"
+[[areas]]
+zone = "own"
+x = 0.0
+y = 0.0
+radius_m = 2.0
+[[areas]]
+zone = "far"
+x = 9.0
+y = 0.0
+radius_m = 2.0
+[shoppers]
+count = 0
+arrival_window_s = 1
+entrance = [0.0, 0.0]
+"#;
+        let sc = Scenario::parse(text, "t").unwrap();
+        let hub = |i: usize| sc.hub_of(&sc.zones[i]).map(|h| h.id.as_str());
+        assert_eq!(hub(0), Some("a"));
+        assert_eq!(hub(1), Some("b"));
+        // The same rule the daemon applies: the zone's hub is the config's own hub.
+        assert_eq!(sc.as_config().hub.hub_id, "a");
+        let mut stray = sc.zones[1].clone();
+        stray.hub = Some("c".into());
+        assert_eq!(sc.hub_of(&stray).map(|h| h.id.as_str()), None);
     }
 }

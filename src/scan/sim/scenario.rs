@@ -343,6 +343,16 @@ impl Scenario {
         }
     }
 
+    /// The hub that hears `zone`: the one it names, or, when it names none, the hub the config
+    /// stands for ([`Self::as_config`] makes that the first), as the daemon reads a zone without
+    /// `hub` as its own hub's. `None` when the zone names a hub the scenario does not have.
+    pub fn hub_of(&self, zone: &ZoneConfig) -> Option<&HubSpec> {
+        match &zone.hub {
+            Some(id) => self.hubs.iter().find(|h| &h.id == id),
+            None => self.hubs.first(),
+        }
+    }
+
     /// The daemon config this scenario stands for: its zones and presence settings, the first hub as
     /// this hub, and no MQTT.
     pub fn as_config(&self) -> Config {

@@ -12,6 +12,7 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::scenario::{Area, Radio};
 use super::{receive, Carried, Scenario};
 use crate::field::calibrate::{self, CalibrateError, PhaseStats, Suggestion};
 
@@ -58,21 +59,71 @@ pub enum SurveyError {
     },
 }
 
+/// The engineer with the reference fob: the clock, the generator and the shadowing the fob meets,
+/// carried from one reading to the next (and one phase to the next) as a real walk would.
+struct Walker {
+    rng: ChaCha8Rng,
+    /// Simulated ms since the survey of this zone began.
+    t: u64,
+    cell: (f32, u64, [f64; 2]),
+    hub: [f64; 2],
+    power_db: f64,
+    interval_ms: u64,
+}
+
+impl Walker {
+    /// The readings `hub` takes through `radio` over `secs`, with the fob at `at(s)` `s` seconds
+    /// into the phase.
+    fn listen(&mut self, radio: &Radio, secs: f64, at: impl Fn(f64) -> [f64; 2]) -> Vec<i16> {
+        let mut samples = Vec::new();
+        let start = self.t;
+        let end = start + (secs * 1000.0) as u64;
+        while self.t < end {
+            let device = Carried {
+                pos: at((self.t - start) as f64 / 1000.0),
+                facing: 0.0,
+                power_db: self.power_db,
+                pocket: false,
+            };
+            samples.extend(receive(
+                &mut self.rng,
+                radio,
+                self.hub,
+                device,
+                self.t,
+                &mut self.cell,
+            ));
+            self.t += self.interval_ms;
+        }
+        samples
+    }
+
+    /// Once around each of `areas`, `beyond` m outside its edge, at walking pace.
+    fn walk(&mut self, radio: &Radio, areas: &[&Area], beyond: f64) -> Vec<i16> {
+        let mut all = Vec::new();
+        for a in areas {
+            let r = a.radius_m + beyond;
+            let secs = (std::f64::consts::TAU * r / WALK_MPS).max(MIN_PHASE_S);
+            let (cx, cy) = (a.x, a.y);
+            all.extend(self.listen(radio, secs, |s| {
+                let angle = std::f64::consts::TAU * s / secs;
+                [cx + r * angle.cos(), cy + r * angle.sin()]
+            }));
+        }
+        all
+    }
+}
+
 /// Surveys every zone of `scenario`, seeded from the scenario's seed.
 pub fn survey(scenario: &Scenario) -> Result<Vec<ZoneSurvey>, SurveyError> {
     let radio = &scenario.radio;
-    let power = f64::from(scenario.shoppers.measured_power);
-    let interval = scenario.shoppers.fob_interval_ms.max(20);
     let mut out = Vec::new();
     for (zi, zone) in scenario.zones.iter().enumerate() {
         let hub = scenario
-            .hubs
-            .iter()
-            .find(|h| Some(&h.id) == zone.hub.as_ref())
-            .or_else(|| scenario.hubs.first().filter(|_| zone.hub.is_none()))
+            .hub_of(zone)
             .map(|h| [h.x, h.y])
             .ok_or_else(|| SurveyError::NoHub(zone.id.clone()))?;
-        let areas: Vec<_> = scenario
+        let areas: Vec<&Area> = scenario
             .areas
             .iter()
             .filter(|a| a.zone == zone.id)
@@ -80,55 +131,22 @@ pub fn survey(scenario: &Scenario) -> Result<Vec<ZoneSurvey>, SurveyError> {
         if areas.is_empty() {
             return Err(SurveyError::NoArea(zone.id.clone()));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5_0EE7 ^ ((zi as u64) << 32));
-        let mut t = 0u64;
-        let mut cell = (f32::NAN, 0u64, [0.0; 2]);
-        let listen = |rng: &mut ChaCha8Rng,
-                      t: &mut u64,
-                      cell: &mut (f32, u64, [f64; 2]),
-                      radio: &super::scenario::Radio,
-                      secs: f64,
-                      at: &dyn Fn(f64) -> [f64; 2]| {
-            let mut samples = Vec::new();
-            let start = *t;
-            let end = start + (secs * 1000.0) as u64;
-            while *t < end {
-                let pos = at((*t - start) as f64 / 1000.0);
-                let device = Carried {
-                    pos,
-                    facing: 0.0,
-                    power_db: power,
-                    pocket: false,
-                };
-                if let Some(rssi) = receive(rng, radio, hub, device, *t, cell) {
-                    samples.push(rssi.round().clamp(-127.0, 20.0) as i16);
-                }
-                *t += interval;
-            }
-            samples
+        let mut walker = Walker {
+            rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5_0EE7 ^ ((zi as u64) << 32)),
+            t: 0,
+            cell: (f32::NAN, 0, [0.0; 2]),
+            hub,
+            power_db: f64::from(scenario.shoppers.measured_power),
+            interval_ms: scenario.shoppers.fob_interval_ms.max(20),
         };
         // At 1 m: held up to the hub, which hangs above the shoppers.
-        let close = super::scenario::Radio {
+        let close = Radio {
             height_m: 1.0,
             ..radio.clone()
         };
-        let at_1m = listen(&mut rng, &mut t, &mut cell, &close, MIN_PHASE_S, &|_| hub);
-        let walk = |rng: &mut ChaCha8Rng, t: &mut u64, cell: &mut _, beyond: f64| {
-            let mut all = Vec::new();
-            for a in &areas {
-                let r = a.radius_m + beyond;
-                let secs = (std::f64::consts::TAU * r / WALK_MPS).max(MIN_PHASE_S);
-                let (cx, cy) = (a.x, a.y);
-                let circle = move |s: f64| {
-                    let angle = std::f64::consts::TAU * s / secs;
-                    [cx + r * angle.cos(), cy + r * angle.sin()]
-                };
-                all.extend(listen(rng, t, cell, radio, secs, &circle));
-            }
-            all
-        };
-        let edge = walk(&mut rng, &mut t, &mut cell, 0.0);
-        let outside = walk(&mut rng, &mut t, &mut cell, OUTSIDE_M);
+        let at_1m = walker.listen(&close, MIN_PHASE_S, |_| hub);
+        let edge = walker.walk(radio, &areas, 0.0);
+        let outside = walker.walk(radio, &areas, OUTSIDE_M);
         let phase = |name, v: &[i16]| {
             PhaseStats::of(name, v).map_err(|source| SurveyError::Phase {
                 zone: zone.id.clone(),
