@@ -86,7 +86,10 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
             let enriched = beacond::sink::mqtt::with_sink_counters(
                 &settings.message(&s, &mut seq).unwrap().payload,
                 &spool,
-                &Default::default(),
+                &beacond::sink::mqtt::Health {
+                    disk_free_bytes: spool.disk_free_bytes(),
+                    ..Default::default()
+                },
             );
             check(&stats, &enriched, "stats with sink counters");
             let b = beacond::sink::beacons_record(core, h.end);

@@ -432,6 +432,7 @@ fn a_full_card_holds_events_in_memory_and_loses_none() {
     let broker = Broker::start(dir.path());
     let sub = Subscriber::start(broker.port, "platform-5", "beacond/+/+/presence", false);
     let status = Subscriber::start(broker.port, "it-desk-5", "beacond/full/+/status", false);
+    let stats = Subscriber::start(broker.port, "stats-5", "beacond/full/+/stats", false);
     // A dead uplink rather than a broker restart: see `every_event_survives_a_broker_outage`.
     let cable = Cable::to(broker.port);
     let cfg = daemon_config(dir.path(), "full", &cable.url(), 60.0);
@@ -454,6 +455,19 @@ fn a_full_card_holds_events_in_memory_and_loses_none() {
     let started = Instant::now();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     sub.wait_for("first events", Duration::from_secs(20), |m| !m.is_empty());
+    // The platform is told how much room the card has: the tmpfs's, not the test machine's disk.
+    stats.wait_for(
+        "stats with the card's free space",
+        Duration::from_secs(20),
+        |m| {
+            m.iter().any(|(_, v, _)| {
+                v["type"] == "stats"
+                    && v["spool"]["disk_free_bytes"]
+                        .as_u64()
+                        .is_some_and(|f| f <= 32 << 10)
+            })
+        },
+    );
     // With the broker up, ten seconds write several times the filesystem's size.
     std::thread::sleep(Duration::from_secs(10));
     assert!(

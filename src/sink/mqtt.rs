@@ -495,6 +495,8 @@ pub async fn run(
     let mut sequence = Sequence::new();
     // What the status says about the card.
     let mut disk = DiskState::Ok;
+    // Measured again after every write (below); the first stats may come before any.
+    health.lock().expect("health lock").disk_free_bytes = spool.lock().await.disk_free_bytes();
     while let Some(r) = rx.recv().await {
         let mut pending = vec![r];
         let until = tokio::time::Instant::now() + INGEST_WINDOW;
@@ -612,7 +614,8 @@ pub fn with_sink_counters(payload: &[u8], spool: &Spool, health: &Health) -> Vec
         "depth": spool.depth(),
         "bytes": spool.bytes(),
         "held": spool.held(),
-        "disk_free_bytes": spool.disk_free_bytes(),
+        // As last measured, when the spool last wrote: the same reading `disk_low` came from.
+        "disk_free_bytes": health.disk_free_bytes,
         "dropped": {
             "stats": st.dropped[Priority::Stats as usize],
             "beacons": st.dropped[Priority::Beacons as usize],
