@@ -70,8 +70,14 @@ fn expected_events() -> Vec<(String, String, String, String)> {
 
 fn key(v: &Value) -> (String, String, String, String) {
     (
-        v["customer_id"].as_str().unwrap().to_owned(),
-        v["event"].as_str().unwrap().to_owned(),
+        v["customer_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v}"))
+            .to_owned(),
+        v["event"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event: {v}"))
+            .to_owned(),
         v["zone"].as_str().unwrap().to_owned(),
         v["at"].as_str().unwrap().to_owned(),
     )
@@ -228,8 +234,8 @@ fn every_event_survives_a_broker_outage() {
     assert_nothing_lost(&sub, "s3", "lost in the outage");
 }
 
-/// A store's uplink that keeps dropping, each time while the hub is sending its backlog: the hub
-/// reconnects at once each time and still loses nothing.
+/// A store's uplink that keeps dropping, each time while the hub is sending its backlog, some of
+/// the times while it is writing it: the hub reconnects at once each time and still loses nothing.
 #[test]
 fn every_event_survives_a_flapping_uplink() {
     use rand::{Rng, SeedableRng};
@@ -248,8 +254,17 @@ fn every_event_survives_a_flapping_uplink() {
         cable.cut();
         // Long enough for a backlog of a few dozen messages.
         std::thread::sleep(Duration::from_millis(rng.random_range(800..2000)));
-        // Three connections in a row break part-way through the backlog, the next one holds.
-        let breaks: Vec<usize> = (0..3).map(|_| rng.random_range(600..6000)).collect();
+        // Four connections in a row break, the next one holds. A break right after CONNACK catches
+        // the hub writing (see `Break::AfterConnAck`); the break after it comes part-way through
+        // the backlog, which is where a connection that mistook which PUBACK is whose loses one.
+        let breaks: Vec<common::Break> = (0..2)
+            .flat_map(|_| {
+                [
+                    common::Break::AfterConnAck,
+                    common::Break::AfterSent(rng.random_range(300..3000)),
+                ]
+            })
+            .collect();
         cable.mend_breaking(&breaks);
         std::thread::sleep(Duration::from_millis(rng.random_range(2500..4000)));
     }
@@ -265,6 +280,16 @@ fn every_event_survives_a_flapping_uplink() {
         "the uplink really dropped: {connects} connections"
     );
     assert_nothing_lost(&sub, "flap", "lost on a flapping uplink");
+    let stale = text
+        .matches("dropped publishes the failed connection never finished writing")
+        .count();
+    // What makes this test worth running: the breaks right after CONNACK catch the hub writing
+    // (about 15 times a run). With what those connections buffered kept (the bug 3103f32 fixed)
+    // and the QoS mismatch check off, two to four events are lost above on every run tried.
+    assert!(
+        stale >= 1,
+        "no break caught the hub part-way through writing a publish"
+    );
 }
 
 #[test]

@@ -136,9 +136,23 @@ struct CableState {
     /// The relayed connections, to reset on a cut. Weak: a connection's sockets close (and reset,
     /// without linger) when its two relay threads let go of them.
     links: Vec<std::sync::Weak<Link>>,
-    /// The next connections are reset once their client has sent this many bytes, one each.
-    budgets: std::collections::VecDeque<usize>,
+    /// How the next connections break, one each.
+    breaks: std::collections::VecDeque<Break>,
 }
+
+/// How one relayed connection breaks.
+#[derive(Clone, Copy, Debug)]
+pub enum Break {
+    /// Reset once the client (the hub) has sent this many bytes: part-way through its backlog.
+    AfterSent(usize),
+    /// Reset as soon as the broker's CONNACK has reached the hub, which is then handing its
+    /// backlog to the MQTT client: the reset lands while publishes are being written, so a write
+    /// fails and not only a read (the case 3103f32 fixed).
+    AfterConnAck,
+}
+
+/// An MQTT 3.1.1 CONNACK, the first thing a broker sends: fixed header, length, flags, code.
+const CONNACK_BYTES: usize = 4;
 
 /// Both sockets of one relayed connection.
 struct Link {
@@ -195,10 +209,9 @@ impl Cable {
         self.mend_breaking(&[]);
     }
 
-    /// Plugs the cable back in, to break again under each of the next connections once its client
-    /// has sent the next of `budgets` bytes: a link that keeps dropping while the hub sends its
-    /// backlog.
-    pub fn mend_breaking(&self, budgets: &[usize]) {
+    /// Plugs the cable back in, to break again under each of the next connections as the next of
+    /// `breaks` says: a link that keeps dropping while the hub sends its backlog.
+    pub fn mend_breaking(&self, breaks: &[Break]) {
         use std::io::ErrorKind;
         // The port was just ours, so binding it again only races with the kernel's cleanup.
         let listener = (0..50)
@@ -214,7 +227,7 @@ impl Cable {
         let state = self.state.clone();
         let generation = {
             let mut st = state.lock().unwrap();
-            st.budgets = budgets.iter().copied().collect();
+            st.breaks = breaks.iter().copied().collect();
             st.generation
         };
         let target = self.target;
@@ -238,11 +251,16 @@ impl Cable {
                         link.reset();
                         return;
                     }
-                    let budget = st.budgets.pop_front();
+                    let brk = st.breaks.pop_front();
                     st.links.push(Arc::downgrade(&link));
                     drop(st);
-                    relay(link.clone(), true, budget);
-                    relay(link, false, None);
+                    let (up, down) = match brk {
+                        Some(Break::AfterSent(n)) => (Some(n), None),
+                        Some(Break::AfterConnAck) => (None, Some(CONNACK_BYTES)),
+                        None => (None, None),
+                    };
+                    relay(link.clone(), true, up);
+                    relay(link, false, down);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20))
