@@ -349,10 +349,14 @@ enum CacheAction {
     },
 }
 
+/// `--filter`: spelt as in the config file's `[presence] filter` (and the docs), so a value copied
+/// from one works in the other; the hyphenated spelling is accepted too.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum FilterArg {
+    #[value(name = "kalman_trend", alias = "kalman-trend")]
     KalmanTrend,
     Kalman,
+    #[value(name = "trimmed_mean", alias = "trimmed-mean")]
     TrimmedMean,
     Ewma,
 }

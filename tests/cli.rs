@@ -540,3 +540,20 @@ fn a_full_card_at_start_keeps_the_stores_and_says_what_to_do() {
         (Some(1), Some(42))
     );
 }
+
+#[test]
+fn simulate_filter_takes_the_config_files_spelling_and_the_hyphenated_one() {
+    // The docs and `[presence] filter` say `kalman_trend`; a field engineer copies that.
+    let snake = simulate_json(&["boutique", "--filter", "trimmed_mean"]);
+    let kebab = simulate_json(&["boutique", "--filter", "trimmed-mean"]);
+    assert_eq!(snake["filter"], "trimmed_mean");
+    assert_eq!(snake["zone_accuracy"], kebab["zone_accuracy"]);
+    let default = simulate_json(&["boutique"]);
+    let named = simulate_json(&["boutique", "--filter", "kalman_trend"]);
+    assert_eq!(named["filter"], default["filter"]);
+    assert_eq!(named["zone_accuracy"], default["zone_accuracy"]);
+    assert_ne!(
+        snake["zone_accuracy"], default["zone_accuracy"],
+        "the filter is really switched"
+    );
+}
