@@ -46,7 +46,8 @@ enum Command {
     /// Shows who entered which zone, dwell marks and exits, under a per-zone headcount redrawn in
     /// place (plain lines when piped). Stop it with Ctrl-C or --duration.
     Demo {
-        /// A scenario file, or the name of a built-in one (boutique, supermarket, hard, pharmacy).
+        /// A scenario file, or the name of a built-in one (boutique, supermarket, hard, pharmacy,
+        /// electronics).
         #[arg(long, default_value = "supermarket")]
         scenario: String,
         /// How many times faster than real time.
@@ -65,7 +66,8 @@ enum Command {
     /// Run a store scenario through the real pipeline with a simulated clock, as fast as the CPU
     /// allows, and score the presence engine and a naive baseline against the ground truth.
     Simulate {
-        /// A scenario file, or the name of a built-in one (boutique, supermarket, hard, pharmacy).
+        /// A scenario file, or the name of a built-in one (boutique, supermarket, hard, pharmacy,
+        /// electronics).
         scenario: String,
         /// Print one JSON object (engine metrics at the top level, the baseline under "baseline").
         #[arg(long)]

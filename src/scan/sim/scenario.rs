@@ -25,6 +25,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "pharmacy",
         include_str!("../../../config/sim/pharmacy.toml"),
     ),
+    (
+        "electronics",
+        include_str!("../../../config/sim/electronics.toml"),
+    ),
 ];
 
 /// A whole scenario.
