@@ -557,3 +557,24 @@ fn simulate_filter_takes_the_config_files_spelling_and_the_hyphenated_one() {
         "the filter is really switched"
     );
 }
+
+#[test]
+fn simulate_hours_runs_a_longer_day_of_the_same_store() {
+    let hour = simulate_json(&["boutique"]);
+    let day = simulate_json(&["boutique", "--hours", "6"]);
+    assert_eq!(day["simulated_s"], 6 * 3600);
+    // Shoppers keep arriving at the scenario's rate: about six times the visits to score.
+    let (h, d) = (
+        hour["truth_visits"].as_f64().unwrap(),
+        day["truth_visits"].as_f64().unwrap(),
+    );
+    assert!(
+        d > 4.5 * h && d < 7.5 * h,
+        "{h} visits in an hour, {d} in six"
+    );
+    beacond()
+        .args(["simulate", "boutique", "--hours", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--hours"));
+}

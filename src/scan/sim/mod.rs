@@ -628,6 +628,40 @@ fn sim_segments(n: u32) -> Vec<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_lengthened_store_keeps_its_arrival_rate_and_its_closing_time() {
+        let mut sc = Scenario::load("builtin:supermarket").unwrap();
+        let (count, window, duration) = (
+            sc.shoppers.count as u64,
+            sc.shoppers.arrival_window_s,
+            sc.duration_s,
+        );
+        sc.lengthen(4 * duration);
+        assert_eq!(sc.duration_s, 4 * duration);
+        assert_eq!(sc.shoppers.arrival_window_s, window + 3 * duration);
+        assert_eq!(
+            sc.shoppers.count as u64,
+            count * (window + 3 * duration) / window
+        );
+        // The last arrival has as long to shop before the end as in the scenario's own run.
+        assert_eq!(
+            sc.duration_s - sc.shoppers.arrival_window_s,
+            duration - window
+        );
+        let sim = Simulation::new(sc.clone());
+        let late = sim
+            .shoppers()
+            .iter()
+            .filter(|s| s.arrive > 3 * duration * 1000)
+            .count();
+        assert!(late > 0, "shoppers still arrive in the last hour");
+
+        let mut short = Scenario::load("builtin:supermarket").unwrap();
+        short.lengthen(duration / 2);
+        assert_eq!(short.shoppers.arrival_window_s, window / 2);
+        assert_eq!(short.shoppers.count as u64, count / 2);
+    }
+
     fn sim(name: &str) -> Simulation {
         Simulation::new(Scenario::load(&format!("builtin:{name}")).unwrap())
     }
