@@ -121,6 +121,25 @@ fn the_engine_beats_the_baseline_on_every_metric_in_the_second_hold_out_store() 
     }
 }
 
+/// One hour of the supermarket scores 642 exits, and on its shipped seed the baseline's exit p50
+/// (2.54 s) lands below the engine's (2.69 s): over seeds the baseline's one-hour p50 swings by
+/// ±0.3 s. Twelve hours of the same store settle which detector leaves nearer the truth; there the
+/// engine beats the baseline on every metric and still meets the product's bars
+/// (docs/presence.md, "On long runs").
+#[test]
+fn over_a_long_run_the_supermarket_beats_the_baseline_on_every_metric_and_meets_the_bars() {
+    let mut sc = Scenario::load("builtin:supermarket").unwrap();
+    sc.lengthen(12 * 3600);
+    let r = run(sc, None, |_, _| {});
+    assert!(r.engine.truth_visits > 9000, "{:?}", r.engine);
+    assert_beats_baseline_exit_p50_included(&r, "supermarket, twelve hours");
+    let e = &r.engine;
+    assert!(e.zone_accuracy >= 0.95, "{e:?}");
+    assert!(e.enter_latency_p95_s <= 5.0, "{e:?}");
+    assert!(e.exit_latency_p95_s <= 15.0 + 5.0, "{e:?}");
+    assert!(e.flaps_per_customer_hour <= 0.1, "{e:?}");
+}
+
 #[test]
 fn supermarket_meets_the_product_bars() {
     let r = report("supermarket");
