@@ -233,7 +233,8 @@ pub struct PresenceConfig {
     pub filter: SmoothingFilter,
     /// The most identities tracked at once; anonymous devices are evicted first.
     pub max_tracked: usize,
-    /// dB by which another zone must be stronger before a device moves there.
+    /// dB by which another zone must be stronger before a device moves there (twice this, with a
+    /// trend filter, when neither zone's signal trend shows the device walking).
     pub switch_margin_db: f64,
     /// dB below its settled level a visit's signal must fall before it exits (bounded by the zone's
     /// `enter_rssi` above and `exit_rssi` below).

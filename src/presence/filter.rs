@@ -206,6 +206,11 @@ impl Smoother {
         }
     }
 
+    /// Whether this filter estimates a trend at all (only then does [`Smoother::trend`] say anything).
+    pub fn has_trend(&self) -> bool {
+        matches!(self, Smoother::Trend { .. })
+    }
+
     /// The current estimate.
     pub fn value(&self) -> f32 {
         match self {

@@ -15,8 +15,8 @@
 //!   (it hears the device coming closer) is anticipated along its trend, one nothing corroborates must
 //!   go a little further (see [`leaves`]);
 //! - when several zones qualify, the strongest smoothed signal wins, and a customer inside a zone only
-//!   moves to another one that is `switch_margin_db` stronger, so standing on a boundary does not
-//!   ping-pong. Between nested zones of one hub, the tighter zone (higher `enter_rssi`) wins.
+//!   moves to another one that is `switch_margin_db` stronger (twice that when neither signal's
+//!   trend shows a walk, see [`switch_margin`]), so standing on a boundary does not ping-pong. Between nested zones of one hub, the tighter zone (higher `enter_rssi`) wins.
 //!
 //! Anonymous devices go through the same logic but only ever feed [`Headcount`]s.
 
@@ -885,7 +885,9 @@ impl Engine {
                     let switch = if cur.hub == cand.hub {
                         cand.enter_rssi > cur.enter_rssi
                     } else {
-                        bv >= cur_v + params.switch_margin_db
+                        let margin =
+                            switch_margin(track.hub(cur.hub), track.hub(cand.hub), now, &params);
+                        bv >= cur_v + margin
                     };
                     if switch {
                         self.exit(slot, now, ExitReason::Moved, out);
@@ -1165,6 +1167,37 @@ fn leaves(value: f32, trend: f32, threshold: f32, approaching: bool, hysteresis:
         value + trend.min(0.0) * ANTICIPATE_S < threshold
     } else {
         value < threshold - UNCORROBORATED_DB
+    }
+}
+
+/// The lead a zone on hub `cand` needs over the visit's zone on hub `cur` to take the visit.
+///
+/// Walking from one zone to the next moves both signals at once, the one left behind falling and
+/// the one ahead rising; a customer standing near a boundary sees the two drift apart slowly and
+/// at random (shadowing as people and trolleys move). So, as for departures (see [`leaves`]), a
+/// switch that either trend corroborates takes `switch_margin_db`, and one that nothing
+/// corroborates needs twice that. Filters that keep no trend cannot tell the two apart, so with
+/// them the configured margin applies as it is.
+fn switch_margin(
+    cur: Option<&HubState>,
+    cand: Option<&HubState>,
+    now: Timestamp,
+    params: &EngineParams,
+) -> f32 {
+    let margin = params.switch_margin_db;
+    let (Some(cur), Some(cand)) = (cur, cand) else {
+        return margin;
+    };
+    if !params.hysteresis || !cur.smoother.has_trend() {
+        return margin;
+    }
+    let leaving = cur.smoother.trend() <= -APPROACH_DB_PER_S;
+    let arriving =
+        now.since(cand.last_heard) < RECENT_MS && cand.smoother.trend() >= APPROACH_DB_PER_S;
+    if leaving || arriving {
+        margin
+    } else {
+        2.0 * margin
     }
 }
 

@@ -906,3 +906,91 @@ fn a_device_no_hub_hears_any_more_is_gone_sooner() {
     // silence_gaps = 0 turns both off: the 10 s timeout.
     assert_eq!(silent_exit_ms(false, false, timeout_only()), 10_000);
 }
+
+/// A hub's state after hearing a signal that moved at `rate` dB/s for 10 s, every 200 ms, with
+/// `kind` smoothing it; last heard at `now`.
+fn hub_moving(kind: FilterKind, rate: f32, now: Timestamp) -> HubState {
+    let fp = FilterParams::tuned(kind);
+    let mut s = Smoother::new(&fp, -70.0);
+    for i in 1..=50 {
+        s.update(&fp, 0.2, -70.0 + rate * 0.2 * i as f32);
+    }
+    HubState::new(1, s, now)
+}
+
+#[test]
+fn a_switch_nothing_corroborates_needs_twice_the_margin() {
+    let now = Timestamp(T0);
+    let mut p = params(100);
+    p.filter = FilterParams::tuned(FilterKind::Trend);
+    let m = p.switch_margin_db;
+    let steady = hub_moving(FilterKind::Trend, 0.0, now);
+    let drifting = hub_moving(FilterKind::Trend, 0.3, now);
+    let rising = hub_moving(FilterKind::Trend, 2.0, now);
+    let falling = hub_moving(FilterKind::Trend, -2.0, now);
+    // Standing: both signals still, or drifting as shadowing does.
+    assert_eq!(
+        switch_margin(Some(&steady), Some(&steady), now, &p),
+        2.0 * m
+    );
+    assert_eq!(
+        switch_margin(Some(&steady), Some(&drifting), now, &p),
+        2.0 * m
+    );
+    // Walking: the zone left behind falls, or the one ahead rises.
+    assert_eq!(switch_margin(Some(&falling), Some(&steady), now, &p), m);
+    assert_eq!(switch_margin(Some(&steady), Some(&rising), now, &p), m);
+    // A rise the candidate's hub measured seconds ago says nothing about now.
+    let stale = hub_moving(FilterKind::Trend, 2.0, Timestamp(T0 - RECENT_MS));
+    assert_eq!(switch_margin(Some(&steady), Some(&stale), now, &p), 2.0 * m);
+    // The baseline has no hysteresis, and a filter without a trend cannot tell walking from
+    // drifting: the configured margin stands.
+    let b = EngineParams {
+        hysteresis: false,
+        ..p
+    };
+    assert_eq!(switch_margin(Some(&steady), Some(&steady), now, &b), m);
+    let level = hub_moving(FilterKind::Kalman, 0.0, now);
+    assert_eq!(switch_margin(Some(&level), Some(&level), now, &p), m);
+}
+
+/// The zone a customer is in after standing in zone a (hub-1 at -62) while hub-2's signal climbs
+/// at `rate` dB/s from -75 to `to` and then holds there for 10 s.
+fn zone_after_hub2_climbs(rate: f64, to: f64) -> Option<ZoneIdx> {
+    let zones = [
+        zone("a", Some("hub-1"), -70, -80),
+        zone("b", Some("hub-2"), -70, -80),
+    ];
+    let mut p = params(100);
+    p.filter = FilterParams::tuned(FilterKind::Trend);
+    let mut h = Harness::with(&zones, p);
+    for _ in 0..50 {
+        h.hear(ALICE, 0, -62);
+        h.hear(ALICE, 1, -75);
+        h.now += 200;
+    }
+    assert_eq!(h.visits(), vec![(VisitKind::Enter, 0, 2000)]);
+    let mut b = -75.0;
+    while b < to {
+        b = (b + rate * 0.2).min(to);
+        h.hear(ALICE, 0, -62);
+        h.hear(ALICE, 1, b.round() as i16);
+        h.now += 200;
+    }
+    for _ in 0..50 {
+        h.hear(ALICE, 0, -62);
+        h.hear(ALICE, 1, to as i16);
+        h.now += 200;
+    }
+    h.engine.zone_of(&ALICE)
+}
+
+#[test]
+fn a_slow_drift_past_the_margin_does_not_move_a_standing_customer() {
+    // 4 dB stronger, reached at 0.25 dB/s, as slow shadowing does: not a move...
+    assert_eq!(zone_after_hub2_climbs(0.25, -58.0), Some(0));
+    // ...7 dB stronger is, however slowly it came.
+    assert_eq!(zone_after_hub2_climbs(0.25, -55.0), Some(1));
+    // The same 4 dB reached at 4 dB/s is someone walking toward hub-2: moved.
+    assert_eq!(zone_after_hub2_climbs(4.0, -58.0), Some(1));
+}
