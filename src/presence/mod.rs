@@ -16,7 +16,8 @@
 //!   go a little further (see [`leaves`]);
 //! - when several zones qualify, the strongest smoothed signal wins, and a customer inside a zone only
 //!   moves to another one that is `switch_margin_db` stronger (twice that when neither signal's
-//!   trend shows a walk, see [`switch_margin`]), so standing on a boundary does not ping-pong. Between nested zones of one hub, the tighter zone (higher `enter_rssi`) wins.
+//!   trend shows a walk, see [`switch_margin`]), so standing on a boundary does not ping-pong.
+//!   Between nested zones of one hub, the tighter zone (higher `enter_rssi`) wins.
 //!
 //! Anonymous devices go through the same logic but only ever feed [`Headcount`]s.
 
@@ -292,6 +293,12 @@ impl HubState {
     /// how long it must go unheard before it is taken to be gone (before any floor).
     fn silence_ms(&self, gaps: f32) -> u64 {
         (self.gap_ms * gaps).max(self.longest_gap_ms * SILENCE_LONGEST_FACTOR) as u64
+    }
+
+    /// Whether this hub heard the device lately and hears it coming closer, as a walk toward it
+    /// shows: what corroborates a departure from, or a move away from, another hub's zone.
+    fn approached_by(&self, now: Timestamp) -> bool {
+        now.since(self.last_heard) < RECENT_MS && self.smoother.trend() >= APPROACH_DB_PER_S
     }
 
     fn forget_gaps(&mut self) {
@@ -828,11 +835,10 @@ impl Engine {
         if let Some(v) = visit_here {
             // Only asked of the visit's own hub, so most observations skip the look at the others.
             let trend = track.hub(heard_on).map_or(0.0, |h| h.smoother.trend());
-            let approaching = track.hubs.iter().any(|h| {
-                h.hub != heard_on
-                    && now.since(h.last_heard) < RECENT_MS
-                    && h.smoother.trend() >= APPROACH_DB_PER_S
-            });
+            let approaching = track
+                .hubs
+                .iter()
+                .any(|h| h.hub != heard_on && h.approached_by(now));
             let zone = &self.zones[v.zone as usize];
             let v = track.visit.as_mut().expect("checked above");
             let threshold = exit_threshold(
@@ -1192,9 +1198,7 @@ fn switch_margin(
         return margin;
     }
     let leaving = cur.smoother.trend() <= -APPROACH_DB_PER_S;
-    let arriving =
-        now.since(cand.last_heard) < RECENT_MS && cand.smoother.trend() >= APPROACH_DB_PER_S;
-    if leaving || arriving {
+    if leaving || cand.approached_by(now) {
         margin
     } else {
         2.0 * margin
