@@ -89,6 +89,11 @@ enum Command {
         /// outside it) and compare the suggestion with the scenario's thresholds.
         #[arg(long, conflicts_with_all = ["filter", "hours"])]
         calibrate: bool,
+        /// Change one setting of the scenario for this run, e.g. `--set radio.shadowing_sigma_db=1.5`,
+        /// `--set zones.enter_rssi=-72` (every zone), `--set zones[1].enter_rssi=-70`,
+        /// `--set presence.exit_margin_db=6`. Repeatable; later ones win.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// Compute the retailer app's rotating token (the reference for app developers;
     /// docs/app-token.md specifies it).
@@ -401,11 +406,12 @@ fn main() -> ExitCode {
             seed,
             hours,
             calibrate,
+            sets,
         } => {
             if calibrate {
-                simulate_calibrate(&scenario, json, seed)
+                simulate_calibrate(&scenario, json, seed, &sets)
             } else {
-                simulate(&scenario, json, filter, seed, hours)
+                simulate(&scenario, json, filter, seed, hours, &sets)
             }
         }
         Command::Demo {
@@ -653,8 +659,9 @@ fn simulate(
     filter: Option<FilterArg>,
     seed: Option<u64>,
     hours: Option<u64>,
+    sets: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let Some(mut scenario) = load_scenario(arg, seed) else {
+    let Some(mut scenario) = load_scenario(arg, seed, sets) else {
         return Ok(ExitCode::from(2));
     };
     if let Some(h) = hours {
@@ -669,9 +676,14 @@ fn simulate(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The scenario `arg` names, with `seed` instead of its own; `None` after saying what is wrong.
-fn load_scenario(arg: &str, seed: Option<u64>) -> Option<beacond::scan::sim::Scenario> {
-    match beacond::scan::sim::Scenario::load(&scenario_spec(arg)) {
+/// The scenario `arg` names, with `seed` instead of its own and `sets` applied; `None` after saying
+/// what is wrong.
+fn load_scenario(
+    arg: &str,
+    seed: Option<u64>,
+    sets: &[String],
+) -> Option<beacond::scan::sim::Scenario> {
+    match beacond::scan::sim::Scenario::load_with(&scenario_spec(arg), sets) {
         Ok(mut s) => {
             if let Some(seed) = seed {
                 s.seed = seed;
@@ -685,9 +697,14 @@ fn load_scenario(arg: &str, seed: Option<u64>) -> Option<beacond::scan::sim::Sce
     }
 }
 
-fn simulate_calibrate(arg: &str, json: bool, seed: Option<u64>) -> anyhow::Result<ExitCode> {
+fn simulate_calibrate(
+    arg: &str,
+    json: bool,
+    seed: Option<u64>,
+    sets: &[String],
+) -> anyhow::Result<ExitCode> {
     use beacond::scan::sim::survey;
-    let Some(scenario) = load_scenario(arg, seed) else {
+    let Some(scenario) = load_scenario(arg, seed, sets) else {
         return Ok(ExitCode::from(2));
     };
     let zones = match survey::survey(&scenario) {

@@ -578,3 +578,42 @@ fn simulate_hours_runs_a_longer_day_of_the_same_store() {
         .code(2)
         .stderr(predicates::str::contains("--hours"));
 }
+
+#[test]
+fn simulate_set_changes_one_setting_of_the_store_for_the_run() {
+    let own = simulate_json(&["boutique"]);
+    // Everyone a registered customer: more customers are scored, from the same arrivals.
+    let all_known = simulate_json(&["boutique", "--set", "shoppers.known_share=1.0"]);
+    assert!(
+        all_known["customers"].as_u64() > own["customers"].as_u64(),
+        "{} customers, {} with every shopper known",
+        own["customers"],
+        all_known["customers"]
+    );
+    // Every zone at once, and a table the scenario does not have ([presence]).
+    let kalman = simulate_json(&[
+        "boutique",
+        "--set",
+        "zones.enter_rssi=-72",
+        "--set",
+        "presence.filter=kalman",
+    ]);
+    assert_eq!(kalman["filter"], "kalman");
+    assert_ne!(kalman["zone_accuracy"], own["zone_accuracy"]);
+    // Mistakes are named, with the override, the key and what would be valid.
+    beacond()
+        .args(["simulate", "boutique", "--set", "radio.shadowing_sigm=1.5"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("builtin:boutique (with --set)"))
+        .stderr(predicate::str::contains(
+            "did you mean `shadowing_sigma_db`",
+        ));
+    beacond()
+        .args(["simulate", "boutique", "--set", "zones[3].enter_rssi=-70"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--set zones[3].enter_rssi=-70: [[zones]] has 3 entries",
+        ));
+}

@@ -12,6 +12,7 @@
 //! each device's own power error, packet loss, the hub's scan duty cycle, and receiver sensitivity.
 //! Everything is drawn from one seeded generator: the same scenario gives the same run.
 
+pub mod overrides;
 pub mod scenario;
 pub mod survey;
 

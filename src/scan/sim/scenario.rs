@@ -296,6 +296,9 @@ pub enum ScenarioError {
         /// Why.
         source: std::io::Error,
     },
+    /// A `--set` override cannot be applied.
+    #[error(transparent)]
+    Override(#[from] super::overrides::OverrideError),
     /// The scenario is not valid.
     #[error("{}", problems.iter().map(|p| format!("{origin}:{}:{}: {}: {}", p.at.line, p.at.col, p.key, p.message)).collect::<Vec<_>>().join("\n"))]
     Invalid {
@@ -309,22 +312,33 @@ pub enum ScenarioError {
 impl Scenario {
     /// Loads `builtin:NAME` or a file path.
     pub fn load(spec: &str) -> Result<Scenario, ScenarioError> {
-        if let Some(name) = spec.strip_prefix("builtin:") {
-            let text = BUILTIN
+        Scenario::load_with(spec, &[])
+    }
+
+    /// Loads `builtin:NAME` or a file path with `KEY=VALUE` overrides applied before it is
+    /// validated (`beacond simulate --set`; see [`super::overrides::apply`]).
+    pub fn load_with(spec: &str, sets: &[String]) -> Result<Scenario, ScenarioError> {
+        let text = if let Some(name) = spec.strip_prefix("builtin:") {
+            BUILTIN
                 .iter()
                 .find(|(n, _)| *n == name)
-                .map(|(_, t)| *t)
+                .map(|(_, t)| (*t).to_owned())
                 .ok_or_else(|| ScenarioError::UnknownBuiltin {
                     name: name.to_owned(),
-                })?;
-            return Scenario::parse(text, spec);
+                })?
+        } else {
+            let path = Path::new(spec);
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+                path: path.to_owned(),
+                source,
+            })?
+        };
+        if sets.is_empty() {
+            return Scenario::parse(&text, spec);
         }
-        let path = Path::new(spec);
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Scenario::parse(&text, spec)
+        let text = super::overrides::apply(&text, sets)?;
+        // Lines are those of the file; an override that adds a table adds it at the end.
+        Scenario::parse(&text, &format!("{spec} (with --set)"))
     }
 
     /// Parses and validates scenario text; `origin` names it in messages.
