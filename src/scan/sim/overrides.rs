@@ -52,10 +52,7 @@ pub fn apply(text: &str, sets: &[String]) -> Result<String, OverrideError> {
             .ok_or_else(|| fail("expected KEY=VALUE, e.g. radio.shadowing_sigma_db=1.5".into()))?;
         let steps = parse_key(key.trim()).map_err(&fail)?;
         let value = parse_value(raw.trim());
-        let n = set_in(doc.as_table_mut(), &steps, &value).map_err(&fail)?;
-        if n == 0 {
-            return Err(fail(format!("{} has no entries to set", steps[0].key)));
-        }
+        set_in(doc.as_table_mut(), &steps, &value).map_err(&fail)?;
     }
     Ok(doc.to_string())
 }
@@ -94,8 +91,8 @@ fn parse_value(raw: &str) -> Value {
     raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw))
 }
 
-/// Sets `steps` to `value` under `table`; returns how many keys were set.
-fn set_in(table: &mut dyn TableLike, steps: &[Step<'_>], value: &Value) -> Result<usize, String> {
+/// Sets `steps` to `value` under `table`.
+fn set_in(table: &mut dyn TableLike, steps: &[Step<'_>], value: &Value) -> Result<(), String> {
     let (step, rest) = steps.split_first().expect("keys have at least one step");
     if rest.is_empty() {
         if step.index.is_some() {
@@ -121,7 +118,7 @@ fn set_in(table: &mut dyn TableLike, steps: &[Step<'_>], value: &Value) -> Resul
                 table.insert(step.key, Item::Value(value.clone()));
             }
         }
-        return Ok(1);
+        return Ok(());
     }
     if table.get(step.key).is_none() {
         if step.index.is_some() {
@@ -141,13 +138,9 @@ fn set_in(table: &mut dyn TableLike, steps: &[Step<'_>], value: &Value) -> Resul
                     })?;
                     set_in(entry, rest, value)
                 }
-                None => {
-                    let mut n = 0;
-                    for entry in entries.iter_mut() {
-                        n += set_in(entry, rest, value)?;
-                    }
-                    Ok(n)
-                }
+                None => entries
+                    .iter_mut()
+                    .try_for_each(|entry| set_in(entry, rest, value)),
             }
         }
         item => {
