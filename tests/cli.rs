@@ -616,4 +616,12 @@ fn simulate_set_changes_one_setting_of_the_store_for_the_run() {
         .stderr(predicate::str::contains(
             "--set zones[3].enter_rssi=-70: [[zones]] has 3 entries",
         ));
+    // A value out of range says which range, at the line the override wrote.
+    beacond()
+        .args(["simulate", "boutique", "--set", "radio.packet_loss=1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "radio.packet_loss: 1 is out of range: the share of adverts lost, at least 0 and below 1",
+        ));
 }

@@ -484,41 +484,53 @@ impl Scenario {
         }
         let r = &self.radio;
         let rp = KeyPath::key("radio");
-        for (key, v, ok) in [
+        // Each range says what the number means, so the message tells the author what to write.
+        for (key, v, ok, want) in [
             (
                 "packet_loss",
                 r.packet_loss,
                 (0.0..1.0).contains(&r.packet_loss),
+                "the share of adverts lost, at least 0 and below 1",
             ),
             (
                 "scan_duty",
                 r.scan_duty,
                 r.scan_duty > 0.0 && r.scan_duty <= 1.0,
+                "the share of time the hub scans, above 0 and at most 1",
             ),
             (
                 "shadowing_sigma_db",
                 r.shadowing_sigma_db,
                 r.shadowing_sigma_db >= 0.0,
+                "a standard deviation in dB, 0 or more",
             ),
             (
                 "shadowing_tau_s",
                 r.shadowing_tau_s,
                 r.shadowing_tau_s > 0.0,
+                "a time constant in seconds, above 0",
             ),
             (
                 "shadowing_corr_m",
                 r.shadowing_corr_m,
                 r.shadowing_corr_m > 0.0,
+                "a correlation distance in metres, above 0",
             ),
-            ("fading_k", r.fading_k, r.fading_k >= 0.0),
+            (
+                "fading_k",
+                r.fading_k,
+                r.fading_k >= 0.0,
+                "a Rician K factor, 0 (Rayleigh) or more",
+            ),
             (
                 "path_loss_exponent",
                 r.path_loss_exponent,
                 r.path_loss_exponent > 0.0,
+                "above 0 (2 in free space, 2-4 in shops)",
             ),
         ] {
             if !ok {
-                p.push((rp.join(key), format!("{v} is out of range")));
+                p.push((rp.join(key), format!("{v} is out of range: {want}")));
             }
         }
         if self.duration_s == 0 {
