@@ -60,7 +60,7 @@ pub struct Metrics {
 }
 
 /// A whole `simulate` run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
@@ -372,7 +372,7 @@ impl Report {
         s.push_str(&format!(
             "{:<26} {:>12} {:>12}\n",
             "metric",
-            format!("{:?}", self.filter).to_lowercase(),
+            self.filter.as_str(),
             "baseline"
         ));
         let e = &self.engine;
@@ -446,5 +446,23 @@ mod tests {
         assert_eq!(percentile(&mut v, 0.5), 3.0);
         assert_eq!(percentile(&mut v, 0.95), 5.0);
         assert_eq!(percentile(&mut [], 0.5), 0.0);
+    }
+
+    #[test]
+    fn the_table_names_the_filter_as_the_config_spells_it() {
+        for f in [
+            SmoothingFilter::KalmanTrend,
+            SmoothingFilter::Kalman,
+            SmoothingFilter::TrimmedMean,
+            SmoothingFilter::Ewma,
+        ] {
+            assert_eq!(serde_json::to_value(f).unwrap(), f.as_str());
+        }
+        let report = Report {
+            filter: SmoothingFilter::KalmanTrend,
+            ..Report::default()
+        };
+        let header = report.to_text().lines().nth(1).unwrap().to_owned();
+        assert!(header.contains(" kalman_trend "), "{header}");
     }
 }

@@ -225,6 +225,18 @@ pub enum SmoothingFilter {
     Ewma,
 }
 
+impl SmoothingFilter {
+    /// The name `[presence] filter` and `--filter` take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmoothingFilter::KalmanTrend => "kalman_trend",
+            SmoothingFilter::Kalman => "kalman",
+            SmoothingFilter::TrimmedMean => "trimmed_mean",
+            SmoothingFilter::Ewma => "ewma",
+        }
+    }
+}
+
 /// `[presence]`: turning RSSI into zone decisions.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
