@@ -480,13 +480,21 @@ fn make_shopper(sc: &Scenario, rng: &mut ChaCha8Rng, i: u32, known: &mut u32) ->
     let visits = rng.random_range(sp.visits_min..=sp.visits_max) as usize;
     // Zones to visit: weighted draws without repeating the zone just left.
     let total: f64 = sc.areas.iter().map(|a| a.weight).sum();
+    let choices: Vec<usize> = (0..sc.areas.len())
+        .filter(|&j| sc.areas[j].weight > 0.0)
+        .collect();
     let mut plan: Vec<usize> = Vec::with_capacity(visits);
-    while plan.len() < visits && total > 0.0 {
+    if choices.len() < 2 {
+        // With one area to choose from there is no other to go to in between: one visit to it
+        // (drawing would never find a different area and never end).
+        plan.extend(choices.first());
+    }
+    while plan.len() < visits && choices.len() >= 2 {
         let mut x = rng.random::<f64>() * total;
-        let mut pick = 0;
+        let mut pick = choices[0];
         for (j, a) in sc.areas.iter().enumerate() {
             x -= a.weight;
-            if x <= 0.0 {
+            if a.weight > 0.0 && x <= 0.0 {
                 pick = j;
                 break;
             }
@@ -665,6 +673,46 @@ mod tests {
 
     fn sim(name: &str) -> Simulation {
         Simulation::new(Scenario::load(&format!("builtin:{name}")).unwrap())
+    }
+
+    /// The boutique with only the areas at `weights` > 0 to choose from, and every shopper
+    /// wanting at least two visits.
+    fn boutique_weighted(weights: [f64; 3]) -> Simulation {
+        let mut sets = vec!["shoppers.visits_min=2".to_owned()];
+        for (i, w) in weights.iter().enumerate() {
+            sets.push(format!("areas[{i}].weight={w:?}"));
+        }
+        Simulation::new(Scenario::load_with("builtin:boutique", &sets).unwrap())
+    }
+
+    /// Stays of at least `ms` in `zone`, over every shopper.
+    fn stays(sim: &Simulation, zone: u16, ms: u64) -> usize {
+        sim.shoppers()
+            .iter()
+            .flat_map(|s| &s.truth)
+            .filter(|&&(a, b, z)| z == Some(zone) && b - a >= ms)
+            .count()
+    }
+
+    #[test]
+    fn a_store_with_one_area_to_choose_gets_one_visit_each_not_a_hang() {
+        // Drawing visits never repeats the area just left, so with a single area to choose from it
+        // used to draw forever.
+        let sim = boutique_weighted([0.0, 1.0, 0.0]);
+        let shoppers = sim.shoppers().len();
+        let dwell = (sim.scenario().shoppers.dwell_min_s * 1000.0) as u64;
+        assert_eq!(stays(&sim, 1, dwell), shoppers, "one stay in rails each");
+        assert_eq!(stays(&sim, 0, dwell) + stays(&sim, 2, dwell), 0);
+    }
+
+    #[test]
+    fn areas_of_weight_zero_are_walked_through_never_visited() {
+        let sim = boutique_weighted([1.0, 0.0, 1.0]);
+        let dwell = (sim.scenario().shoppers.dwell_min_s * 1000.0) as u64;
+        // Rails lies between the other two: shoppers cross it, in far less than a dwell.
+        assert!(stays(&sim, 1, 1) > 0, "rails is crossed");
+        assert_eq!(stays(&sim, 1, dwell / 2), 0, "nobody stops at rails");
+        assert!(stays(&sim, 0, dwell) > 0 && stays(&sim, 2, dwell) > 0);
     }
 
     #[test]
