@@ -300,3 +300,38 @@ fn supermarket_offers_fire_per_rule_and_never_repeat_within_cooldown() {
     // One offer per presence event at most, and at most max_per_visit (2) per customer visit.
     assert!(o.triggers <= 2 * o.customers);
 }
+
+/// The complete example in docs/scenarios.md is a valid store that runs, has the thresholds the
+/// page says a calibration walk gives, and uses every key the page documents in its tables.
+#[test]
+fn the_scenario_reference_example_is_a_store_that_runs() {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/scenarios.md")).unwrap();
+    let example = page
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/scenarios.md has a ```toml example");
+    let scenario = Scenario::parse(example, "docs/scenarios.md").unwrap();
+    for zone in beacond::scan::sim::survey::survey(&scenario).unwrap() {
+        assert_eq!(
+            zone.configured,
+            (zone.suggestion.enter_rssi, zone.suggestion.exit_rssi),
+            "zone {}: the page says its thresholds are the calibration walk's",
+            zone.zone
+        );
+    }
+    // Every key in the reference tables appears in the example.
+    for row in page.lines().filter(|l| l.starts_with("| `")) {
+        for key in row.split('|').nth(1).unwrap().split('`').skip(1).step_by(2) {
+            assert!(
+                example.contains(&format!("\n{key} = ")),
+                "the example does not show `{key}`"
+            );
+        }
+    }
+    let r = run(scenario, None, |_, _| {});
+    assert!(r.engine.truth_visits > 20, "{r:?}");
+    assert!(r.engine.engine_visits > 20, "{r:?}");
+    assert!(r.customers > 10, "{r:?}");
+}
