@@ -619,9 +619,13 @@ fn simulate_set_changes_one_setting_of_the_store_for_the_run() {
     // A value out of range says which range, at the line the override wrote.
     beacond()
         .args(["simulate", "boutique", "--set", "radio.packet_loss=1"])
+        .args(["--set", "radio.body_loss_db=-3"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
             "radio.packet_loss: 1 is out of range: the share of adverts lost, at least 0 and below 1",
+        ))
+        .stderr(predicate::str::contains(
+            "radio.body_loss_db: -3 is out of range: a loss in dB, 0 or more",
         ));
 }

@@ -528,6 +528,18 @@ impl Scenario {
                 r.path_loss_exponent > 0.0,
                 "above 0 (2 in free space, 2-4 in shops)",
             ),
+            (
+                "body_loss_db",
+                r.body_loss_db,
+                r.body_loss_db >= 0.0,
+                "a loss in dB, 0 or more (a body costs 4-8 dB)",
+            ),
+            (
+                "height_m",
+                r.height_m,
+                r.height_m >= 0.0,
+                "a height in metres, 0 or more",
+            ),
         ] {
             if !ok {
                 p.push((rp.join(key), format!("{v} is out of range: {want}")));
