@@ -377,48 +377,74 @@ impl Report {
         ));
         let e = &self.engine;
         let b = &self.baseline;
-        let rows: [(&str, f64, f64); 10] = [
-            ("zone_accuracy", e.zone_accuracy, b.zone_accuracy),
+        // Which way is better, for the metrics that score; the two counts only give scale.
+        let (up, down, count) = (Some(true), Some(false), None);
+        let rows: [(&str, f64, f64, Option<bool>); 10] = [
+            ("zone_accuracy", e.zone_accuracy, b.zone_accuracy, up),
             (
                 "enter_latency_p50_s",
                 e.enter_latency_p50_s,
                 b.enter_latency_p50_s,
+                down,
             ),
             (
                 "enter_latency_p95_s",
                 e.enter_latency_p95_s,
                 b.enter_latency_p95_s,
+                down,
             ),
             (
                 "exit_latency_p50_s",
                 e.exit_latency_p50_s,
                 b.exit_latency_p50_s,
+                down,
             ),
             (
                 "exit_latency_p95_s",
                 e.exit_latency_p95_s,
                 b.exit_latency_p95_s,
+                down,
             ),
-            ("false_enters", e.false_enters as f64, b.false_enters as f64),
+            (
+                "false_enters",
+                e.false_enters as f64,
+                b.false_enters as f64,
+                down,
+            ),
             (
                 "missed_visits",
                 e.missed_visits as f64,
                 b.missed_visits as f64,
+                down,
             ),
             (
                 "flaps_per_customer_hour",
                 e.flaps_per_customer_hour,
                 b.flaps_per_customer_hour,
+                down,
             ),
-            ("truth_visits", e.truth_visits as f64, b.truth_visits as f64),
+            (
+                "truth_visits",
+                e.truth_visits as f64,
+                b.truth_visits as f64,
+                count,
+            ),
             (
                 "engine_visits",
                 e.engine_visits as f64,
                 b.engine_visits as f64,
+                count,
             ),
         ];
-        for (name, x, y) in rows {
-            s.push_str(&format!("{name:<26} {x:>12.3} {y:>12.3}\n"));
+        for (name, x, y, higher_better) in rows {
+            // Say so where the naive detector does better: the one thing a reader must not miss.
+            let worse = match higher_better {
+                Some(true) => x < y,
+                Some(false) => x > y,
+                None => false,
+            };
+            let note = if worse { "  (baseline better)" } else { "" };
+            s.push_str(&format!("{name:<26} {x:>12.3} {y:>12.3}{note}\n"));
         }
         if let Some(o) = &self.offers {
             s.push_str(&format!(
@@ -464,5 +490,25 @@ mod tests {
         };
         let header = report.to_text().lines().nth(1).unwrap().to_owned();
         assert!(header.contains(" kalman_trend "), "{header}");
+    }
+
+    #[test]
+    fn the_table_marks_the_metrics_the_baseline_does_better() {
+        let mut report = Report::default();
+        report.engine.zone_accuracy = 0.9;
+        report.baseline.zone_accuracy = 0.95;
+        report.engine.exit_latency_p50_s = 3.0;
+        report.baseline.exit_latency_p50_s = 2.0;
+        report.engine.enter_latency_p50_s = 1.0;
+        report.baseline.enter_latency_p50_s = 2.0;
+        report.engine.engine_visits = 10;
+        report.baseline.engine_visits = 20;
+        let text = report.to_text();
+        let marked: Vec<&str> = text
+            .lines()
+            .filter(|l| l.ends_with("(baseline better)"))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(marked, ["zone_accuracy", "exit_latency_p50_s"], "{text}");
     }
 }
