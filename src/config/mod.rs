@@ -251,6 +251,9 @@ pub struct PresenceConfig {
     /// dB below its settled level a visit's signal must fall before it exits (bounded by the zone's
     /// `enter_rssi` above and `exit_rssi` below).
     pub exit_margin_db: f64,
+    /// Learn each hub's exit margin from how far its customers' signals sag while they stand
+    /// still, with `exit_margin_db` as the most: quiet stores then see departures sooner.
+    pub adaptive_exit_margin: bool,
     /// A visit also ends when its zone's hub has not heard the device for this many of the device's
     /// usual gaps between adverts (and twice its longest recent one, and at least 3 s): a fob heard
     /// every 400 ms that falls silent has left; half as many (at least 1.5 s) when no hub hears it
@@ -271,6 +274,7 @@ impl Default for PresenceConfig {
             max_tracked: 10_000,
             switch_margin_db: 3.0,
             exit_margin_db: 8.0,
+            adaptive_exit_margin: true,
             silence_gaps: 8.0,
             measured_power: -59,
             path_loss_exponent: 2.2,

@@ -22,6 +22,7 @@
 //! Anonymous devices go through the same logic but only ever feed [`Headcount`]s.
 
 pub mod filter;
+pub mod margin;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -194,8 +195,11 @@ pub struct EngineParams {
     pub exponent: f32,
     /// Exit below `exit_rssi` (true) or as soon as the signal is below `enter_rssi` (false).
     pub hysteresis: bool,
-    /// How far below its settled level a visit's signal must fall to exit, dB.
+    /// How far below its settled level a visit's signal must fall to exit, dB; with
+    /// `adaptive_margin`, the most.
     pub exit_margin_db: f32,
+    /// Learn each hub's exit margin from its customers' sags while standing ([`margin`]).
+    pub adaptive_margin: bool,
     /// Require `min_enter_s` before entering (false: enter on the first qualifying sample).
     pub sustain: bool,
     /// A device is gone once its zone's hub has not heard it for this many of its usual gaps
@@ -215,6 +219,7 @@ impl EngineParams {
             exponent: p.path_loss_exponent as f32,
             hysteresis: true,
             exit_margin_db: p.exit_margin_db as f32,
+            adaptive_margin: p.adaptive_exit_margin,
             sustain: true,
             silence_gaps: p.silence_gaps as f32,
         }
@@ -227,6 +232,7 @@ impl EngineParams {
             filter: FilterParams::tuned(FilterKind::Raw),
             switch_margin_db: 0.0,
             hysteresis: false,
+            adaptive_margin: false,
             sustain: false,
             silence_gaps: 0.0,
             ..EngineParams::from_config(p)
@@ -318,6 +324,8 @@ struct Visit {
     level: f32,
     /// When `level` was last updated.
     level_at: Timestamp,
+    /// How far the signal sagged below `level` while the customer stood.
+    sag: margin::SagMeter,
 }
 
 #[derive(Clone, Debug)]
@@ -362,6 +370,8 @@ pub struct Engine {
     interval: Option<u64>,
     counts: Vec<ZoneCount>,
     stats: EngineStats,
+    /// Per hub: the exit margin its customers' sags call for.
+    margins: Vec<margin::HubMargin>,
 }
 
 impl Engine {
@@ -402,6 +412,7 @@ impl Engine {
         for (i, z) in engine_zones.iter().enumerate() {
             zones_by_hub[z.hub as usize].push(i as ZoneIdx);
         }
+        let hub_count = hubs.len();
         let forget_ms = engine_zones
             .iter()
             .map(|z| z.absence_ms)
@@ -422,6 +433,7 @@ impl Engine {
             forget_ms,
             interval: None,
             stats: EngineStats::default(),
+            margins: vec![margin::HubMargin::default(); hub_count],
         }
     }
 
@@ -509,6 +521,12 @@ impl Engine {
         for (old, count) in self.counts.iter().enumerate() {
             if let Some(n) = zone_map[old] {
                 new.counts[n as usize] = *count;
+            }
+        }
+        // What a hub learned about its customers' sags stays with the hub.
+        for (old, learned) in self.margins.iter_mut().enumerate() {
+            if let Some(n) = hub_map[old] {
+                new.margins[n as usize] = std::mem::take(learned);
             }
         }
         new.tracks = std::mem::take(&mut self.tracks);
@@ -841,14 +859,15 @@ impl Engine {
                 .any(|h| h.hub != heard_on && h.approached_by(now));
             let zone = &self.zones[v.zone as usize];
             let v = track.visit.as_mut().expect("checked above");
-            let threshold = exit_threshold(
-                zone,
-                v,
-                value,
-                now,
-                params.exit_margin_db,
-                params.hysteresis,
-            );
+            let margin = if params.adaptive_margin {
+                self.margins[zone.hub as usize].margin(params.exit_margin_db)
+            } else {
+                params.exit_margin_db
+            };
+            let threshold = exit_threshold(zone, v, value, now, margin, params.hysteresis);
+            if params.hysteresis {
+                v.sag.note(now, value - v.level);
+            }
             if leaves(value, trend, threshold, approaching, params.hysteresis) {
                 track.left = Some((v.zone, value));
                 self.exit(slot, now, ExitReason::Signal, out);
@@ -922,6 +941,7 @@ impl Engine {
             next_mark: 0,
             level: f32::NAN,
             level_at: now,
+            sag: margin::SagMeter::new(now),
         });
         let interval = self.interval.unwrap_or(0);
         count_in(track, zone, interval, &mut self.counts);
@@ -942,6 +962,19 @@ impl Engine {
         };
         self.emit(slot, kind, now, v.first_seen, last_seen, out);
         let track = self.tracks[slot as usize].as_mut().expect("live track");
+        // Learn from visits of known subjects that ended the way visits end, long enough to have
+        // stood: anonymous phones advertise to another rhythm than the fobs and apps the margin
+        // serves, and an eviction or a reload says nothing about the signal.
+        let learns = self.params.adaptive_margin
+            && !matches!(track.identity, Identity::Anonymous(_))
+            && matches!(
+                reason,
+                ExitReason::Signal | ExitReason::Absence | ExitReason::Moved
+            )
+            && now.since(v.entered_at) >= margin::MIN_VISIT_MS;
+        if let (true, Some(depth)) = (learns, v.sag.standing_depth()) {
+            self.margins[self.zones[v.zone as usize].hub as usize].record(depth);
+        }
         track.visit = None;
         // Re-entering needs a fresh sustained qualification.
         track.qualified.retain(|(z, _)| *z != v.zone);

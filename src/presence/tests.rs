@@ -994,3 +994,70 @@ fn a_slow_drift_past_the_margin_does_not_move_a_standing_customer() {
     // The same 4 dB reached at 4 dB/s is someone walking toward hub-2: moved.
     assert_eq!(zone_after_hub2_climbs(4.0, -58.0), Some(1));
 }
+
+/// Twenty customers who stood steadily at the zone's hub (their signal never more than a dB under
+/// where it settled) and then left; then ALICE settles at -66 dBm and her signal falls to -72.
+fn after_twenty_steady_visits(adaptive: bool) -> Harness {
+    let mut h = Harness::with(
+        &[zone("a", None, -70, -80)],
+        EngineParams {
+            adaptive_margin: adaptive,
+            ..params(10_000)
+        },
+    );
+    for n in 10..30 {
+        let who = Identity::Customer(CustomerKey(n));
+        for _ in 0..100 {
+            h.hear_for(who, 0, -66, 0.2);
+            h.hear_for(who, 0, -67, 0.2);
+        }
+        // Silent: gone after a few of its gaps, a visit of 40 s that ended as visits do.
+        h.advance_to(h.now + 20_000);
+    }
+    let exits = h
+        .visits()
+        .iter()
+        .filter(|v| matches!(v.0, VisitKind::Exit { .. }))
+        .count();
+    assert_eq!(exits, 20);
+    h.hear_for(ALICE, 0, -66, 30.0);
+    h.visits();
+    h.hear(ALICE, 0, -72);
+    h
+}
+
+#[test]
+fn a_hub_whose_customers_stand_steadily_learns_a_smaller_exit_margin() {
+    // Their sags call for the smallest margin (4 dB): ALICE's visit ends at enter_rssi (less the
+    // uncorroborated 0.75 dB) rather than 8 dB under her level (-74.75 dBm).
+    let mut h = after_twenty_steady_visits(true);
+    assert!(
+        h.visits()
+            .iter()
+            .any(|v| matches!(v.0, VisitKind::Exit { .. })),
+        "the learned margin lets her go at -72 dBm"
+    );
+    let mut fixed = after_twenty_steady_visits(false);
+    assert!(
+        fixed.visits().is_empty(),
+        "with adaptive_exit_margin = false, 8 dB under her level still holds her"
+    );
+}
+
+#[test]
+fn anonymous_devices_and_short_visits_teach_no_margin() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    for n in 0..20u64 {
+        // Anonymous phones standing steadily, and customers who stayed 20 s.
+        let phone = Identity::Anonymous(n);
+        let who = Identity::Customer(CustomerKey(100 + n as u32));
+        h.hear_for(phone, 0, -66, 40.0);
+        h.hear_for(who, 0, -66, 20.0);
+        h.advance_to(h.now + 20_000);
+    }
+    h.visits();
+    h.hear_for(ALICE, 0, -66, 30.0);
+    h.visits();
+    h.hear(ALICE, 0, -72);
+    assert!(h.visits().is_empty(), "no margin was learned: 8 dB holds");
+}
