@@ -18,6 +18,7 @@
 //! - `flaps_per_customer_hour`: touching engine visits beyond the first per truth visit (an exit and a
 //!   re-enter while the customer stayed), per hour of customer time in the store.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -57,6 +58,49 @@ pub struct Metrics {
     pub truth_visits: u64,
     /// Visits the engine reported.
     pub engine_visits: u64,
+}
+
+impl Metrics {
+    /// The metrics that score, each with whether higher is better. The one place that says which
+    /// way each metric points, for the table and for the tests that compare with the baseline.
+    fn scored(&self) -> [(&'static str, f64, bool); 8] {
+        [
+            ("zone_accuracy", self.zone_accuracy, true),
+            ("enter_latency_p50_s", self.enter_latency_p50_s, false),
+            ("enter_latency_p95_s", self.enter_latency_p95_s, false),
+            ("exit_latency_p50_s", self.exit_latency_p50_s, false),
+            ("exit_latency_p95_s", self.exit_latency_p95_s, false),
+            ("false_enters", self.false_enters as f64, false),
+            ("missed_visits", self.missed_visits as f64, false),
+            (
+                "flaps_per_customer_hour",
+                self.flaps_per_customer_hour,
+                false,
+            ),
+        ]
+    }
+
+    /// Each scoring metric's value here and in `other`.
+    fn scored_pairs(&self, other: &Metrics) -> Vec<(&'static str, f64, f64)> {
+        self.scored()
+            .into_iter()
+            .zip(other.scored())
+            .map(|((name, x, _), (_, y, _))| (name, x, y))
+            .collect()
+    }
+
+    /// How these scores compare with `other`'s on each scoring metric: `Greater` where these are
+    /// better, `Less` where `other`'s are.
+    pub fn versus(&self, other: &Metrics) -> Vec<(&'static str, Ordering)> {
+        self.scored()
+            .into_iter()
+            .zip(other.scored())
+            .map(|((name, x, higher_better), (_, y, _))| {
+                let ord = x.total_cmp(&y);
+                (name, if higher_better { ord } else { ord.reverse() })
+            })
+            .collect()
+    }
 }
 
 /// A whole `simulate` run.
@@ -375,76 +419,22 @@ impl Report {
             self.filter.as_str(),
             "baseline"
         ));
-        let e = &self.engine;
-        let b = &self.baseline;
-        // Which way is better, for the metrics that score; the two counts only give scale.
-        let (up, down, count) = (Some(true), Some(false), None);
-        let rows: [(&str, f64, f64, Option<bool>); 10] = [
-            ("zone_accuracy", e.zone_accuracy, b.zone_accuracy, up),
-            (
-                "enter_latency_p50_s",
-                e.enter_latency_p50_s,
-                b.enter_latency_p50_s,
-                down,
-            ),
-            (
-                "enter_latency_p95_s",
-                e.enter_latency_p95_s,
-                b.enter_latency_p95_s,
-                down,
-            ),
-            (
-                "exit_latency_p50_s",
-                e.exit_latency_p50_s,
-                b.exit_latency_p50_s,
-                down,
-            ),
-            (
-                "exit_latency_p95_s",
-                e.exit_latency_p95_s,
-                b.exit_latency_p95_s,
-                down,
-            ),
-            (
-                "false_enters",
-                e.false_enters as f64,
-                b.false_enters as f64,
-                down,
-            ),
-            (
-                "missed_visits",
-                e.missed_visits as f64,
-                b.missed_visits as f64,
-                down,
-            ),
-            (
-                "flaps_per_customer_hour",
-                e.flaps_per_customer_hour,
-                b.flaps_per_customer_hour,
-                down,
-            ),
-            (
-                "truth_visits",
-                e.truth_visits as f64,
-                b.truth_visits as f64,
-                count,
-            ),
-            (
-                "engine_visits",
-                e.engine_visits as f64,
-                b.engine_visits as f64,
-                count,
-            ),
-        ];
-        for (name, x, y, higher_better) in rows {
+        let (e, b) = (&self.engine, &self.baseline);
+        for ((name, x, y), (_, ord)) in e.scored_pairs(b).into_iter().zip(e.versus(b)) {
             // Say so where the naive detector does better: the one thing a reader must not miss.
-            let worse = match higher_better {
-                Some(true) => x < y,
-                Some(false) => x > y,
-                None => false,
+            let note = if ord == Ordering::Less {
+                "  (baseline better)"
+            } else {
+                ""
             };
-            let note = if worse { "  (baseline better)" } else { "" };
             s.push_str(&format!("{name:<26} {x:>12.3} {y:>12.3}{note}\n"));
+        }
+        // The two counts give scale; neither is better high or low.
+        for (name, x, y) in [
+            ("truth_visits", e.truth_visits, b.truth_visits),
+            ("engine_visits", e.engine_visits, b.engine_visits),
+        ] {
+            s.push_str(&format!("{name:<26} {x:>12} {y:>12}\n"));
         }
         if let Some(o) = &self.offers {
             s.push_str(&format!(

@@ -5,6 +5,7 @@
 use beacond::config::SmoothingFilter;
 use beacond::scan::sim::Scenario;
 use beacond::simulate::{run, Metrics, Report};
+use std::cmp::Ordering;
 
 fn report(name: &str) -> Report {
     run(
@@ -16,38 +17,26 @@ fn report(name: &str) -> Report {
 
 /// Every metric on which the engine must beat the baseline.
 fn assert_beats_baseline(r: &Report) {
-    let (e, b): (&Metrics, &Metrics) = (&r.engine, &r.baseline);
-    let name = &r.scenario;
+    let behind: Vec<_> = r
+        .engine
+        .versus(&r.baseline)
+        .into_iter()
+        .filter(|&(name, ord)| match name {
+            // Not asserted: on two scenarios the baseline's few surviving visits end a second or
+            // so closer to the true exit than the engine's (see docs/presence.md).
+            "exit_latency_p50_s" => false,
+            // Missing no more visits is enough: both often miss none.
+            "missed_visits" => ord == Ordering::Less,
+            _ => ord != Ordering::Greater,
+        })
+        .collect();
     assert!(
-        e.zone_accuracy > b.zone_accuracy,
-        "{name}: accuracy {e:?} vs {b:?}"
+        behind.is_empty(),
+        "{}: not ahead of the baseline on {behind:?}\nengine {:?}\nbaseline {:?}",
+        r.scenario,
+        r.engine,
+        r.baseline
     );
-    assert!(
-        e.enter_latency_p50_s < b.enter_latency_p50_s,
-        "{name}: enter p50 {e:?} vs {b:?}"
-    );
-    assert!(
-        e.enter_latency_p95_s < b.enter_latency_p95_s,
-        "{name}: enter p95 {e:?} vs {b:?}"
-    );
-    assert!(
-        e.exit_latency_p95_s < b.exit_latency_p95_s,
-        "{name}: exit p95 {e:?} vs {b:?}"
-    );
-    assert!(
-        e.false_enters < b.false_enters,
-        "{name}: false enters {e:?} vs {b:?}"
-    );
-    assert!(
-        e.missed_visits <= b.missed_visits,
-        "{name}: missed {e:?} vs {b:?}"
-    );
-    assert!(
-        e.flaps_per_customer_hour < b.flaps_per_customer_hour,
-        "{name}: flaps {e:?} vs {b:?}"
-    );
-    // exit_latency_p50 is not asserted: on two scenarios the baseline's few surviving visits end a
-    // second or so closer to the true exit than the engine's (see docs/presence.md).
 }
 
 /// [`assert_beats_baseline`], and on exit p50 too.
