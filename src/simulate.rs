@@ -80,24 +80,15 @@ impl Metrics {
         ]
     }
 
-    /// Each scoring metric's value here and in `other`.
-    fn scored_pairs(&self, other: &Metrics) -> Vec<(&'static str, f64, f64)> {
-        self.scored()
-            .into_iter()
-            .zip(other.scored())
-            .map(|((name, x, _), (_, y, _))| (name, x, y))
-            .collect()
-    }
-
-    /// How these scores compare with `other`'s on each scoring metric: `Greater` where these are
-    /// better, `Less` where `other`'s are.
-    pub fn versus(&self, other: &Metrics) -> Vec<(&'static str, Ordering)> {
+    /// Each scoring metric's value here and in `other`, and how they compare: `Greater` where
+    /// these are better, `Less` where `other`'s are.
+    pub fn versus(&self, other: &Metrics) -> Vec<(&'static str, f64, f64, Ordering)> {
         self.scored()
             .into_iter()
             .zip(other.scored())
             .map(|((name, x, higher_better), (_, y, _))| {
                 let ord = x.total_cmp(&y);
-                (name, if higher_better { ord } else { ord.reverse() })
+                (name, x, y, if higher_better { ord } else { ord.reverse() })
             })
             .collect()
     }
@@ -420,7 +411,7 @@ impl Report {
             "baseline"
         ));
         let (e, b) = (&self.engine, &self.baseline);
-        for ((name, x, y), (_, ord)) in e.scored_pairs(b).into_iter().zip(e.versus(b)) {
+        for (name, x, y, ord) in e.versus(b) {
             // Say so where the naive detector does better: the one thing a reader must not miss.
             let note = if ord == Ordering::Less {
                 "  (baseline better)"
