@@ -22,8 +22,9 @@ fn assert_beats_baseline(r: &Report) {
         .versus(&r.baseline)
         .into_iter()
         .filter(|&(name, _, _, ord)| match name {
-            // Not asserted: on two scenarios the baseline's few surviving visits end a second or
-            // so closer to the true exit than the engine's (see docs/presence.md).
+            // Asserted by the callers that can: in the boutique, whose zones reach past their
+            // areas, the baseline's few surviving visits end a second or so closer to the true
+            // exit than the engine's (see docs/presence.md).
             "exit_latency_p50_s" => false,
             // Missing no more visits is enough: both often miss none.
             "missed_visits" => ord == Ordering::Less,
@@ -58,7 +59,12 @@ fn engine_beats_the_baseline_on_every_shipped_scenario() {
             r.engine.truth_visits > 20,
             "{name}: too few visits to score"
         );
-        assert_beats_baseline(&r);
+        if name == "boutique" {
+            // Exit p50 is the one metric the boutique's loose zones give to the baseline.
+            assert_beats_baseline(&r);
+        } else {
+            assert_beats_baseline_exit_p50_included(&r, name);
+        }
     }
 }
 
@@ -128,10 +134,10 @@ fn the_hold_out_stores_hold_with_one_setting_changed() {
     }
 }
 
-/// One hour of the supermarket scores 642 exits, and on its shipped seed the baseline's exit p50
-/// (2.54 s) lands below the engine's (2.60 s): over seeds the baseline's one-hour p50 swings by
-/// ±0.3 s. Twelve hours of the same store settle which detector leaves nearer the truth; there the
-/// engine beats the baseline on every metric and still meets the product's bars
+/// One hour of the supermarket scores 642 exits, and on its shipped seed the engine's exit p50 is
+/// only 0.01 s below the baseline's (2.525 against 2.536 s): over seeds the baseline's one-hour p50
+/// swings by ±0.3 s. Twelve hours of the same store settle which detector leaves nearer the truth;
+/// there the engine beats the baseline on every metric and still meets the product's bars
 /// (docs/presence.md, "On long runs").
 #[test]
 fn over_a_long_run_the_supermarket_beats_the_baseline_on_every_metric_and_meets_the_bars() {

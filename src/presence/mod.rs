@@ -864,7 +864,15 @@ impl Engine {
             } else {
                 params.exit_margin_db
             };
-            let threshold = exit_threshold(zone, v, value, now, margin, params.hysteresis);
+            let threshold = narrowed_for_walker(
+                exit_threshold(zone, v, value, now, margin, params.hysteresis),
+                zone.enter_rssi,
+                margin,
+                params.exit_margin_db,
+                approaching,
+                trend,
+                now.since(v.entered_at),
+            );
             if params.hysteresis {
                 v.sag.note(now, value - v.level);
             }
@@ -1190,6 +1198,9 @@ const APPROACH_DB_PER_S: f32 = 1.0;
 const ANTICIPATE_S: f32 = 2.0;
 /// How much further below the exit threshold a drop nothing corroborates must go, dB.
 const UNCORROBORATED_DB: f32 = 0.75;
+/// How far below `enter_rssi` a walker's visit ends on a hub that learned its customers sag less
+/// than `exit_margin_db`, dB ([`narrowed_for_walker`]).
+const WALKER_BAND_DB: f32 = 2.0;
 
 /// Whether a visit whose hub now reads `value` (moving at `trend` dB/s) ends at `threshold`.
 ///
@@ -1206,6 +1217,35 @@ fn leaves(value: f32, trend: f32, threshold: f32, approaching: bool, hysteresis:
         value + trend.min(0.0) * ANTICIPATE_S < threshold
     } else {
         value < threshold - UNCORROBORATED_DB
+    }
+}
+
+/// The exit `threshold` of a visit `in_visit_ms` old, narrowed for a walker.
+///
+/// A `margin` learned below the `configured` one says this hub's standing customers sag little,
+/// so a drop that looks like a walk on every count is one (another hub hears the device coming
+/// closer, the zone's own signal falls by [`APPROACH_DB_PER_S`]): the band narrows to
+/// [`WALKER_BAND_DB`] under `enter_rssi`. Not before [`margin::MIN_VISIT_MS`], while a customer
+/// who just came in may still be walking to their spot: without that, twelve hours of the
+/// supermarket flap over the product's bar (docs/presence.md). The baseline, without the learned
+/// margin, never narrows.
+fn narrowed_for_walker(
+    threshold: f32,
+    enter_rssi: f32,
+    margin: f32,
+    configured: f32,
+    approaching: bool,
+    trend: f32,
+    in_visit_ms: u64,
+) -> f32 {
+    let walking_out = margin < configured
+        && approaching
+        && trend <= -APPROACH_DB_PER_S
+        && in_visit_ms >= margin::MIN_VISIT_MS;
+    if walking_out {
+        threshold.max(enter_rssi - WALKER_BAND_DB)
+    } else {
+        threshold
     }
 }
 

@@ -1061,3 +1061,47 @@ fn anonymous_devices_and_short_visits_teach_no_margin() {
     h.hear(ALICE, 0, -72);
     assert!(h.visits().is_empty(), "no margin was learned: 8 dB holds");
 }
+
+#[test]
+fn a_walker_leaves_a_hub_whose_customers_stand_steadily_at_a_narrower_band() {
+    // A visit whose threshold sits 6 dB under enter_rssi, on a hub that learned a 6 dB margin
+    // (configured 8): a walk seen on every count lifts it to enter_rssi - WALKER_BAND_DB.
+    let (enter, threshold) = (-70.0, -76.0);
+    let narrowed = |margin, approaching, trend, in_visit_ms| {
+        narrowed_for_walker(
+            threshold,
+            enter,
+            margin,
+            8.0,
+            approaching,
+            trend,
+            in_visit_ms,
+        )
+    };
+    assert_eq!(narrowed(6.0, true, -1.5, 40_000), enter - WALKER_BAND_DB);
+    assert_eq!(
+        narrowed(8.0, true, -1.5, 40_000),
+        threshold,
+        "the configured margin: the hub has not seen its customers stand steadily"
+    );
+    assert_eq!(
+        narrowed(6.0, false, -1.5, 40_000),
+        threshold,
+        "no other hub hears them coming"
+    );
+    assert_eq!(
+        narrowed(6.0, true, -0.5, 40_000),
+        threshold,
+        "the zone's own signal falls slower than a walk"
+    );
+    assert_eq!(
+        narrowed(6.0, true, -1.5, 20_000),
+        threshold,
+        "twenty seconds in, they may still be walking to their spot"
+    );
+    // A threshold already above the band stays where it is.
+    assert_eq!(
+        narrowed_for_walker(-70.0, enter, 6.0, 8.0, true, -1.5, 40_000),
+        -70.0
+    );
+}
