@@ -1079,26 +1079,37 @@ fn a_walker_leaves_a_hub_whose_customers_stand_steadily_at_a_narrower_band() {
         )
     };
     assert_eq!(narrowed(6.0, true, -1.5, 40_000), enter - WALKER_BAND_DB);
-    assert_eq!(
-        narrowed(8.0, true, -1.5, 40_000),
-        threshold,
-        "the configured margin: the hub has not seen its customers stand steadily"
-    );
-    assert_eq!(
-        narrowed(6.0, false, -1.5, 40_000),
-        threshold,
-        "no other hub hears them coming"
-    );
-    assert_eq!(
-        narrowed(6.0, true, -0.5, 40_000),
-        threshold,
-        "the zone's own signal falls slower than a walk"
-    );
-    assert_eq!(
-        narrowed(6.0, true, -1.5, 20_000),
-        threshold,
-        "twenty seconds in, they may still be walking to their spot"
-    );
+    // Take any one count away and the threshold stays.
+    for (margin, approaching, trend, in_visit_ms, why) in [
+        (
+            8.0,
+            true,
+            -1.5,
+            40_000,
+            "the configured margin: nothing learned",
+        ),
+        (6.0, false, -1.5, 40_000, "no other hub hears them coming"),
+        (
+            6.0,
+            true,
+            -0.5,
+            40_000,
+            "their signal falls slower than a walk",
+        ),
+        (
+            6.0,
+            true,
+            -1.5,
+            20_000,
+            "20 s in, still walking to their spot?",
+        ),
+    ] {
+        assert_eq!(
+            narrowed(margin, approaching, trend, in_visit_ms),
+            threshold,
+            "{why}"
+        );
+    }
     // A threshold already above the band stays where it is.
     assert_eq!(
         narrowed_for_walker(-70.0, enter, 6.0, 8.0, true, -1.5, 40_000),
