@@ -111,6 +111,8 @@ pub struct Snapshot {
     pub scan: Option<crate::scan::bluez::tracker::ScanCounters>,
     /// Offers fired since start.
     pub offers_total: u64,
+    /// Per hub with zones: the exit margin its visits use, and whether it is learned yet.
+    pub exit_margins: Vec<crate::presence::HubExitMargin>,
     /// Spool depth and drops, MQTT state (when MQTT is on).
     pub mqtt: Option<MqttSnapshot>,
 }
@@ -180,6 +182,7 @@ impl Health {
                     s.customers = Some(sync.customers);
                 }
                 s.scan = st.scan;
+                s.exit_margins = st.exit_margins.clone();
             }
             Record::Headcount(h) => {
                 s.zones = h
@@ -299,6 +302,23 @@ impl Health {
             zones,
         );
         counter(&mut reg, "offers", "Offer triggers fired", s.offers_total);
+        let margins = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+        let learned_from = Family::<Vec<(String, String)>, Gauge>::default();
+        for m in &s.exit_margins {
+            let hub = vec![("hub".into(), m.hub.clone())];
+            margins.get_or_create(&hub).set(m.margin_db);
+            learned_from.get_or_create(&hub).set(i64::from(m.visits));
+        }
+        reg.register(
+            "exit_margin_db",
+            "The exit margin a hub's visits use, dB (learned, or exit_margin_db while learning)",
+            margins,
+        );
+        reg.register(
+            "exit_margin_visits",
+            "Visits a hub has learned its exit margin from (the last 64)",
+            learned_from,
+        );
         if let Some(seq) = s.sync_seq {
             gauge(
                 &mut reg,
@@ -408,6 +428,28 @@ impl Health {
         let _ = encode(&mut out, &reg);
         out
     }
+}
+
+/// Each hub's exit margin as `beacond status` prints it: the learned one, or `exit_margin_db` and
+/// how far the hub has got towards learning its own.
+pub fn exit_margins_line(hubs: &[crate::presence::HubExitMargin]) -> String {
+    let each: Vec<String> = hubs
+        .iter()
+        .map(|h| {
+            let (hub, db, visits) = (&h.hub, h.margin_db, h.visits);
+            if h.learned {
+                format!("{hub} {db:.1} dB (learned from {visits} visits)")
+            } else if !h.adaptive {
+                format!("{hub} {db:.1} dB (exit_margin_db; adaptive_exit_margin = false)")
+            } else {
+                format!(
+                    "{hub} {db:.1} dB (exit_margin_db until it has learned from {} visits: {visits} so far)",
+                    crate::presence::margin::MIN_VISITS
+                )
+            }
+        })
+        .collect();
+    each.join(", ")
 }
 
 /// Tells systemd how the daemon is doing until `shutdown`: READY now, a STATUS line and — only while
@@ -585,5 +627,46 @@ mod tests {
         let line = h.status_line(now);
         assert!(line.ends_with("spool 12 — LOW DISK: 3 MiB free"), "{line}");
         assert!(h.metrics(now).contains("beacond_disk_free_bytes 3145728"));
+    }
+
+    #[test]
+    fn each_hubs_exit_margin_shows_whether_it_is_learned() {
+        use crate::presence::HubExitMargin;
+        let hub = |id: &str, visits, margin_db, learned, adaptive| HubExitMargin {
+            hub: id.into(),
+            visits,
+            margin_db,
+            learned,
+            adaptive,
+        };
+        let h = Health {
+            progress: Progress::new(30),
+            snapshot: Default::default(),
+            mqtt: None,
+        };
+        h.snapshot.lock().unwrap().exit_margins = vec![
+            hub("hub-deli", 64, 4.75, true, true),
+            hub("hub-wine", 7, 8.0, false, true),
+        ];
+        let m = h.metrics(Timestamp::now());
+        for line in [
+            "beacond_exit_margin_db{hub=\"hub-deli\"} 4.75",
+            "beacond_exit_margin_db{hub=\"hub-wine\"} 8.0",
+            "beacond_exit_margin_visits{hub=\"hub-deli\"} 64",
+            "beacond_exit_margin_visits{hub=\"hub-wine\"} 7",
+        ] {
+            assert!(m.contains(line), "{line} missing:\n{m}");
+        }
+        let status = serde_json::to_value(h.current()).unwrap();
+        assert_eq!(status["exit_margins"][0]["margin_db"], 4.75);
+        assert_eq!(
+            exit_margins_line(&h.current().exit_margins),
+            "hub-deli 4.8 dB (learned from 64 visits), \
+             hub-wine 8.0 dB (exit_margin_db until it has learned from 20 visits: 7 so far)"
+        );
+        assert_eq!(
+            exit_margins_line(&[hub("hub-deli", 0, 8.0, false, false)]),
+            "hub-deli 8.0 dB (exit_margin_db; adaptive_exit_margin = false)"
+        );
     }
 }

@@ -1240,6 +1240,14 @@ fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
                 sc["watchdog_restarts"], sc["watchdog_power_cycles"], sc["devices_removed"]
             );
         }
+        let margins: Vec<beacond::presence::HubExitMargin> =
+            serde_json::from_value(v["exit_margins"].clone()).unwrap_or_default();
+        if !margins.is_empty() {
+            println!(
+                "exit margin: {}",
+                beacond::health::exit_margins_line(&margins)
+            );
+        }
     }
     Ok(if healthy {
         ExitCode::SUCCESS

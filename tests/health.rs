@@ -101,6 +101,9 @@ fn a_running_pipeline_is_ready_pinged_and_reported() {
         "beacond_tracked_identities",
         "beacond_zone_headcount{zone=\"window\"}",
         "beacond_healthy 1",
+        // 25 simulated seconds: no visit long enough to learn from yet.
+        "beacond_exit_margin_db{hub=\"hub-window\"} 8.0",
+        "beacond_exit_margin_visits{hub=\"hub-window\"} 0",
     ] {
         assert!(metrics.contains(m), "{m} missing:\n{metrics}");
     }
@@ -110,6 +113,10 @@ fn a_running_pipeline_is_ready_pinged_and_reported() {
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("healthy") && text.contains("source sim"),
+        "{text}"
+    );
+    assert!(
+        text.contains("exit margin: hub-window 8.0 dB (exit_margin_db until it has learned from 20 visits: 0 so far)"),
         "{text}"
     );
 

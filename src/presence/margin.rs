@@ -104,10 +104,18 @@ impl HubMargin {
 
     /// The margin this hub's visits exit at, given the configured `exit_margin_db` as the most.
     pub fn margin(&self, configured: f32) -> f32 {
-        match self.quantile {
-            Some(q) => (q + PAD_DB).clamp(FLOOR_DB.min(configured), configured),
-            None => configured,
-        }
+        self.learned(configured).unwrap_or(configured)
+    }
+
+    /// The margin learned from the visits remembered, once there are [`MIN_VISITS`] of them.
+    pub fn learned(&self, configured: f32) -> Option<f32> {
+        self.quantile
+            .map(|q| (q + PAD_DB).clamp(FLOOR_DB.min(configured), configured))
+    }
+
+    /// How many visits the hub remembers (at most [`WINDOW`]).
+    pub fn visits(&self) -> usize {
+        self.depths.len()
     }
 }
 

@@ -240,6 +240,22 @@ impl EngineParams {
     }
 }
 
+/// One hub's exit margin ([`Engine::exit_margins`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HubExitMargin {
+    /// The hub's id.
+    pub hub: String,
+    /// Visits of 30 s or more it has learned from (the last 64).
+    pub visits: u32,
+    /// The margin its visits exit at now, dB.
+    pub margin_db: f64,
+    /// Whether that margin is learned; false: `exit_margin_db`, while the hub has seen fewer than
+    /// [`margin::MIN_VISITS`] visits or when it does not learn.
+    pub learned: bool,
+    /// Whether the hub learns at all (`adaptive_exit_margin`).
+    pub adaptive: bool,
+}
+
 /// Counters for `stats` and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -574,6 +590,29 @@ impl Engine {
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         self.stats
+    }
+
+    /// What each hub with zones has learned of the exit margin its customers need, in hub order:
+    /// how a field engineer tells whether `adaptive_exit_margin` is at work on a hub yet.
+    pub fn exit_margins(&self) -> Vec<HubExitMargin> {
+        let configured = self.params.exit_margin_db;
+        self.margins
+            .iter()
+            .enumerate()
+            .filter(|(hub, _)| !self.zones_by_hub[*hub].is_empty())
+            .map(|(hub, m)| {
+                let learned = self.params.adaptive_margin.then(|| m.learned(configured));
+                HubExitMargin {
+                    hub: self.hubs[hub].clone(),
+                    visits: m.visits() as u32,
+                    // To the hundredth: an f32's tail is noise in a report.
+                    margin_db: (f64::from(learned.flatten().unwrap_or(configured)) * 100.0).round()
+                        / 100.0,
+                    learned: learned.flatten().is_some(),
+                    adaptive: self.params.adaptive_margin,
+                }
+            })
+            .collect()
     }
 
     /// How many identities are tracked now, and how many of them are anonymous.

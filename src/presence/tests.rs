@@ -1031,6 +1031,14 @@ fn a_hub_whose_customers_stand_steadily_learns_a_smaller_exit_margin() {
     // Their sags call for the smallest margin (4 dB): ALICE's visit ends at enter_rssi (less the
     // uncorroborated 0.75 dB) rather than 8 dB under her level (-74.75 dBm).
     let mut h = after_twenty_steady_visits(true);
+    let learned = HubExitMargin {
+        hub: "hub-1".into(),
+        visits: 20,
+        margin_db: f64::from(margin::FLOOR_DB),
+        learned: true,
+        adaptive: true,
+    };
+    assert_eq!(h.engine.exit_margins(), vec![learned.clone()]);
     assert!(
         h.visits()
             .iter()
@@ -1042,6 +1050,41 @@ fn a_hub_whose_customers_stand_steadily_learns_a_smaller_exit_margin() {
         fixed.visits().is_empty(),
         "with adaptive_exit_margin = false, 8 dB under her level still holds her"
     );
+    assert_eq!(
+        fixed.engine.exit_margins(),
+        vec![HubExitMargin {
+            visits: 0,
+            margin_db: 8.0,
+            learned: false,
+            adaptive: false,
+            ..learned
+        }]
+    );
+}
+
+#[test]
+fn what_a_hub_learned_stays_with_it_across_a_reload() {
+    let mut h = after_twenty_steady_visits(true);
+    // The new config adds a zone on another hub, listed first, and keeps hub-1's.
+    h.engine.reconfigure(
+        &[
+            zone("b", Some("hub-2"), -70, -80),
+            zone("a", None, -70, -80),
+        ],
+        EngineParams {
+            adaptive_margin: true,
+            ..params(10_000)
+        },
+        "hub-1",
+        Timestamp(h.now),
+        &mut h.events,
+    );
+    let m = h.engine.exit_margins();
+    let by_hub: Vec<(&str, u32, bool)> = m
+        .iter()
+        .map(|m| (m.hub.as_str(), m.visits, m.learned))
+        .collect();
+    assert_eq!(by_hub, [("hub-1", 20, true), ("hub-2", 0, false)]);
 }
 
 #[test]
@@ -1060,6 +1103,15 @@ fn anonymous_devices_and_short_visits_teach_no_margin() {
     h.visits();
     h.hear(ALICE, 0, -72);
     assert!(h.visits().is_empty(), "no margin was learned: 8 dB holds");
+    let still_learning = &h.engine.exit_margins()[0];
+    assert_eq!(
+        (
+            still_learning.visits,
+            still_learning.learned,
+            still_learning.margin_db
+        ),
+        (0, false, 8.0)
+    );
 }
 
 #[test]

@@ -123,6 +123,10 @@ pub struct StatsRecord {
     /// BlueZ watchdog's and device cleanup's work.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan: Option<crate::scan::bluez::tracker::ScanCounters>,
+    /// Each hub's exit margin, for the local health endpoint only: not published, so the stats
+    /// message's contract (docs/asyncapi.yaml) does not change with what the engine learns.
+    #[serde(skip)]
+    pub exit_margins: Vec<crate::presence::HubExitMargin>,
 }
 
 /// Health of the store's fixed beacons.
@@ -192,6 +196,7 @@ pub fn stats_record(
         app_tokens_unknown: now.app_tokens_unknown - prev.app_tokens_unknown,
         sync: core.sync_report(),
         scan: None,
+        exit_margins: core.engine().exit_margins(),
     })
 }
 
