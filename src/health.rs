@@ -430,26 +430,20 @@ impl Health {
     }
 }
 
-/// Each hub's exit margin as `beacond status` prints it: the learned one, or `exit_margin_db` and
-/// how far the hub has got towards learning its own.
-pub fn exit_margins_line(hubs: &[crate::presence::HubExitMargin]) -> String {
-    let each: Vec<String> = hubs
-        .iter()
-        .map(|h| {
-            let (hub, db, visits) = (&h.hub, h.margin_db, h.visits);
-            if h.learned {
-                format!("{hub} {db:.1} dB (learned from {visits} visits)")
-            } else if !h.adaptive {
-                format!("{hub} {db:.1} dB (exit_margin_db; adaptive_exit_margin = false)")
-            } else {
-                format!(
-                    "{hub} {db:.1} dB (exit_margin_db until it has learned from {} visits: {visits} so far)",
-                    crate::presence::margin::MIN_VISITS
-                )
-            }
-        })
-        .collect();
-    each.join(", ")
+/// One hub's exit margin as `beacond status` and `beacond simulate` print it: the learned one, or
+/// `exit_margin_db` and how far the hub has got towards learning its own.
+pub fn exit_margin_text(h: &crate::presence::HubExitMargin) -> String {
+    let (hub, db, visits) = (&h.hub, h.margin_db, h.visits);
+    if h.learned {
+        format!("{hub} {db:.1} dB (learned from {visits} visits)")
+    } else if !h.adaptive {
+        format!("{hub} {db:.1} dB (exit_margin_db; adaptive_exit_margin = false)")
+    } else {
+        format!(
+            "{hub} {db:.1} dB (exit_margin_db until it has learned from {} visits: {visits} so far)",
+            crate::presence::margin::MIN_VISITS
+        )
+    }
 }
 
 /// Tells systemd how the daemon is doing until `shutdown`: READY now, a STATUS line and — only while
@@ -659,13 +653,21 @@ mod tests {
         }
         let status = serde_json::to_value(h.current()).unwrap();
         assert_eq!(status["exit_margins"][0]["margin_db"], 4.75);
+        let text: Vec<String> = h
+            .current()
+            .exit_margins
+            .iter()
+            .map(exit_margin_text)
+            .collect();
         assert_eq!(
-            exit_margins_line(&h.current().exit_margins),
-            "hub-deli 4.8 dB (learned from 64 visits), \
-             hub-wine 8.0 dB (exit_margin_db until it has learned from 20 visits: 7 so far)"
+            text,
+            [
+                "hub-deli 4.8 dB (learned from 64 visits)",
+                "hub-wine 8.0 dB (exit_margin_db until it has learned from 20 visits: 7 so far)"
+            ]
         );
         assert_eq!(
-            exit_margins_line(&[hub("hub-deli", 0, 8.0, false, false)]),
+            exit_margin_text(&hub("hub-deli", 0, 8.0, false, false)),
             "hub-deli 8.0 dB (exit_margin_db; adaptive_exit_margin = false)"
         );
     }

@@ -1243,10 +1243,10 @@ fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         let margins: Vec<beacond::presence::HubExitMargin> =
             serde_json::from_value(v["exit_margins"].clone()).unwrap_or_default();
         if !margins.is_empty() {
-            println!(
-                "exit margin: {}",
-                beacond::health::exit_margins_line(&margins)
-            );
+            println!("exit margin:");
+            for m in &margins {
+                println!("  {}", beacond::health::exit_margin_text(m));
+            }
         }
     }
     Ok(if healthy {

@@ -121,6 +121,8 @@ pub struct Report {
     /// Offer triggers of the scenario's `[[offers]]`, when it has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offers: Option<OfferReport>,
+    /// Each hub's exit margin at the end of the run: what a hub in this store would learn.
+    pub exit_margins: Vec<crate::presence::HubExitMargin>,
 }
 
 /// What the scenario's offer rules did.
@@ -273,6 +275,7 @@ pub fn run_tuned(
         engine: score(&sim, &engine.core, &engine.visits, end_ms),
         baseline: score(&sim, &baseline.core, &baseline.visits, end_ms),
         offers: (!cfg.offers.is_empty()).then_some(report),
+        exit_margins: engine.core.engine().exit_margins(),
     }
 }
 
@@ -426,6 +429,12 @@ impl Report {
             ("engine_visits", e.engine_visits, b.engine_visits),
         ] {
             s.push_str(&format!("{name:<26} {x:>12} {y:>12}\n"));
+        }
+        if !self.exit_margins.is_empty() {
+            s.push_str("\nexit margin at the end:\n");
+            for m in &self.exit_margins {
+                s.push_str(&format!("  {}\n", crate::health::exit_margin_text(m)));
+            }
         }
         if let Some(o) = &self.offers {
             s.push_str(&format!(

@@ -116,7 +116,7 @@ fn a_running_pipeline_is_ready_pinged_and_reported() {
         "{text}"
     );
     assert!(
-        text.contains("exit margin: hub-window 8.0 dB (exit_margin_db until it has learned from 20 visits: 0 so far)"),
+        text.contains("exit margin:\n  hub-window 8.0 dB (exit_margin_db until it has learned from 20 visits: 0 so far)\n"),
         "{text}"
     );
 

@@ -357,4 +357,16 @@ fn a_quiet_store_learns_a_smaller_exit_margin_and_sees_people_leave_sooner() {
         "learned {l:?}\nfixed {f:?}"
     );
     assert_meets_the_product_bars(l);
+    // The report says what each of the eight hubs learned: every one has, and less than 8 dB.
+    let m = &learned.exit_margins;
+    assert_eq!(m.len(), 8, "{m:?}");
+    assert!(
+        m.iter()
+            .all(|h| h.learned && h.margin_db < 8.0 && h.visits >= 20),
+        "{m:?}"
+    );
+    assert!(fixed
+        .exit_margins
+        .iter()
+        .all(|h| !h.learned && h.margin_db == 8.0));
 }
