@@ -430,22 +430,6 @@ impl Health {
     }
 }
 
-/// One hub's exit margin as `beacond status` and `beacond simulate` print it: the learned one, or
-/// `exit_margin_db` and how far the hub has got towards learning its own.
-pub fn exit_margin_text(h: &crate::presence::HubExitMargin) -> String {
-    let (hub, db, visits) = (&h.hub, h.margin_db, h.visits);
-    if h.learned {
-        format!("{hub} {db:.1} dB (learned from {visits} visits)")
-    } else if !h.adaptive {
-        format!("{hub} {db:.1} dB (exit_margin_db; adaptive_exit_margin = false)")
-    } else {
-        format!(
-            "{hub} {db:.1} dB (exit_margin_db until it has learned from {} visits: {visits} so far)",
-            crate::presence::margin::MIN_VISITS
-        )
-    }
-}
-
 /// Tells systemd how the daemon is doing until `shutdown`: READY now, a STATUS line and — only while
 /// healthy — a WATCHDOG ping every half watchdog period, STOPPING at the end. Outside systemd
 /// (`NOTIFY_SOCKET` unset) it does nothing.
@@ -657,7 +641,7 @@ mod tests {
             .current()
             .exit_margins
             .iter()
-            .map(exit_margin_text)
+            .map(ToString::to_string)
             .collect();
         assert_eq!(
             text,
@@ -667,7 +651,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            exit_margin_text(&hub("hub-deli", 0, 8.0, false, false)),
+            hub("hub-deli", 0, 8.0, false, false).to_string(),
             "hub-deli 8.0 dB (exit_margin_db; adaptive_exit_margin = false)"
         );
     }

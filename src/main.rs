@@ -1245,7 +1245,7 @@ fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         if !margins.is_empty() {
             println!("exit margin:");
             for m in &margins {
-                println!("  {}", beacond::health::exit_margin_text(m));
+                println!("  {m}");
             }
         }
     }

@@ -433,7 +433,7 @@ impl Report {
         if !self.exit_margins.is_empty() {
             s.push_str("\nexit margin at the end:\n");
             for m in &self.exit_margins {
-                s.push_str(&format!("  {}\n", crate::health::exit_margin_text(m)));
+                s.push_str(&format!("  {m}\n"));
             }
         }
         if let Some(o) = &self.offers {

@@ -256,6 +256,28 @@ pub struct HubExitMargin {
     pub adaptive: bool,
 }
 
+/// As `beacond status` and `beacond simulate` print it: the learned margin, or `exit_margin_db` and
+/// how far the hub has got towards learning its own.
+impl std::fmt::Display for HubExitMargin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (hub, db, visits) = (&self.hub, self.margin_db, self.visits);
+        if self.learned {
+            write!(f, "{hub} {db:.1} dB (learned from {visits} visits)")
+        } else if !self.adaptive {
+            write!(
+                f,
+                "{hub} {db:.1} dB (exit_margin_db; adaptive_exit_margin = false)"
+            )
+        } else {
+            write!(
+                f,
+                "{hub} {db:.1} dB (exit_margin_db until it has learned from {} visits: {visits} so far)",
+                margin::MIN_VISITS
+            )
+        }
+    }
+}
+
 /// Counters for `stats` and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
