@@ -623,14 +623,17 @@ impl Engine {
             .enumerate()
             .filter(|(hub, _)| !self.zones_by_hub[*hub].is_empty())
             .map(|(hub, m)| {
-                let learned = self.params.adaptive_margin.then(|| m.learned(configured));
+                let learned = self
+                    .params
+                    .adaptive_margin
+                    .then(|| m.learned(configured))
+                    .flatten();
                 HubExitMargin {
                     hub: self.hubs[hub].clone(),
                     visits: m.visits() as u32,
                     // To the hundredth: an f32's tail is noise in a report.
-                    margin_db: (f64::from(learned.flatten().unwrap_or(configured)) * 100.0).round()
-                        / 100.0,
-                    learned: learned.flatten().is_some(),
+                    margin_db: (f64::from(learned.unwrap_or(configured)) * 100.0).round() / 100.0,
+                    learned: learned.is_some(),
                     adaptive: self.params.adaptive_margin,
                 }
             })
