@@ -102,12 +102,8 @@ impl HubMargin {
         }
     }
 
-    /// The margin this hub's visits exit at, given the configured `exit_margin_db` as the most.
-    pub fn margin(&self, configured: f32) -> f32 {
-        self.learned(configured).unwrap_or(configured)
-    }
-
-    /// The margin learned from the visits remembered, once there are [`MIN_VISITS`] of them.
+    /// The margin learned from the visits remembered, once there are [`MIN_VISITS`] of them, with
+    /// the configured `exit_margin_db` as the most.
     pub fn learned(&self, configured: f32) -> Option<f32> {
         self.quantile
             .map(|q| (q + PAD_DB).clamp(FLOOR_DB.min(configured), configured))
@@ -124,6 +120,11 @@ mod tests {
     use super::*;
 
     const T: u64 = 1_800_000_000_000;
+
+    /// The margin `h`'s visits exit at: learned, or `configured` until then.
+    fn margin(h: &HubMargin, configured: f32) -> f32 {
+        h.learned(configured).unwrap_or(configured)
+    }
 
     fn at(s: f64) -> Timestamp {
         Timestamp(T + (s * 1000.0) as u64)
@@ -169,9 +170,9 @@ mod tests {
         for _ in 0..MIN_VISITS - 1 {
             h.record(3.0);
         }
-        assert_eq!(h.margin(8.0), 8.0);
+        assert_eq!(margin(&h, 8.0), 8.0);
         h.record(3.0);
-        assert_eq!(h.margin(8.0), 3.0 + PAD_DB);
+        assert_eq!(margin(&h, 8.0), 3.0 + PAD_DB);
     }
 
     #[test]
@@ -182,26 +183,26 @@ mod tests {
         for _ in 0..60 {
             h.record(2.0);
         }
-        assert_eq!(h.margin(8.0), FLOOR_DB, "2 + 1.5 is below the floor");
+        assert_eq!(margin(&h, 8.0), FLOOR_DB, "2 + 1.5 is below the floor");
         for _ in 0..4 {
             h.record(6.0);
         }
-        assert_eq!(h.margin(8.0), 6.0 + PAD_DB);
+        assert_eq!(margin(&h, 8.0), 6.0 + PAD_DB);
         // Never more than configured, and the floor gives way to a smaller configured margin.
         for _ in 0..WINDOW {
             h.record(12.0);
         }
-        assert_eq!(h.margin(8.0), 8.0);
-        assert_eq!(h.margin(10.0), 10.0);
+        assert_eq!(margin(&h, 8.0), 8.0);
+        assert_eq!(margin(&h, 10.0), 10.0);
         let mut quiet = HubMargin::default();
         for _ in 0..WINDOW {
             quiet.record(0.5);
         }
-        assert_eq!(quiet.margin(3.0), 3.0);
+        assert_eq!(margin(&quiet, 3.0), 3.0);
         // The window forgets: after 64 quiet visits the deep ones are gone.
         for _ in 0..WINDOW {
             h.record(2.0);
         }
-        assert_eq!(h.margin(8.0), FLOOR_DB);
+        assert_eq!(margin(&h, 8.0), FLOOR_DB);
     }
 }

@@ -623,11 +623,7 @@ impl Engine {
             .enumerate()
             .filter(|(hub, _)| !self.zones_by_hub[*hub].is_empty())
             .map(|(hub, m)| {
-                let learned = self
-                    .params
-                    .adaptive_margin
-                    .then(|| m.learned(configured))
-                    .flatten();
+                let learned = learned_margin(m, &self.params);
                 HubExitMargin {
                     hub: self.hubs[hub].clone(),
                     visits: m.visits() as u32,
@@ -923,11 +919,8 @@ impl Engine {
                 .any(|h| h.hub != heard_on && h.approached_by(now));
             let zone = &self.zones[v.zone as usize];
             let v = track.visit.as_mut().expect("checked above");
-            let margin = if params.adaptive_margin {
-                self.margins[zone.hub as usize].margin(params.exit_margin_db)
-            } else {
-                params.exit_margin_db
-            };
+            let margin = learned_margin(&self.margins[zone.hub as usize], &params)
+                .unwrap_or(params.exit_margin_db);
             let threshold = narrowed_for_walker(
                 exit_threshold(zone, v, value, now, margin, params.hysteresis),
                 zone.enter_rssi,
@@ -1282,6 +1275,16 @@ fn leaves(value: f32, trend: f32, threshold: f32, approaching: bool, hysteresis:
     } else {
         value < threshold - UNCORROBORATED_DB
     }
+}
+
+/// The exit margin hub `m` has learned, when the engine learns (`adaptive_exit_margin`) and the hub
+/// has seen enough visits; otherwise visits use `exit_margin_db`. The one place that says which,
+/// for the exit rule and for what `beacond status` reports alike.
+fn learned_margin(m: &margin::HubMargin, params: &EngineParams) -> Option<f32> {
+    params
+        .adaptive_margin
+        .then(|| m.learned(params.exit_margin_db))
+        .flatten()
 }
 
 /// The exit `threshold` of a visit `in_visit_ms` old, narrowed for a walker.
