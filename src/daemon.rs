@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::identity::cache::Cache;
 use crate::identity::sync::{parse_public_key, SyncState};
+use crate::learned::LearnedFile;
 use crate::offers::stage::OfferStage;
 use crate::pipeline::{Core, CoreCommand};
 use crate::scan::{Advert, Clock, Opened, SourceIo};
@@ -108,6 +109,7 @@ pub async fn run_with(
 
     // Core.
     let mut core = Core::for_config(&cfg, opened.directory(), &hubs);
+    let learned = restore_learned(&cfg, &mut core);
     let zones: Vec<String> = core.engine().zones().iter().map(|z| z.id.clone()).collect();
     let (cmd_tx, cmd_rx) = mpsc::channel::<CoreCommand>(COMMAND_QUEUE);
     let mut offers = open_offers(&cfg, opened.start())?;
@@ -262,6 +264,7 @@ pub async fn run_with(
         cfg.mqtt.stats_interval_s * 1000,
         cfg.mqtt.beacons_interval_s * 1000,
         counters_rx,
+        learned,
     );
     let core_task = tokio::spawn(run_core(
         core,
@@ -403,7 +406,7 @@ async fn run_core(
     } = inputs;
     let mut events = Vec::new();
     let mut source_gone = false;
-    loop {
+    'run: loop {
         let mark = if source_gone {
             crate::time::Timestamp(u64::MAX)
         } else {
@@ -440,19 +443,19 @@ async fn run_core(
                     if !purged.is_empty() {
                         // In order after every record already rendered about them.
                         if tx.send(Record::Purge(purged)).await.is_err() {
-                            return;
+                            break 'run;
                         }
                     }
                 }
                 CoreCommand::SyncReport(r) => core.set_sync_report(r),
                 CoreCommand::MqttTarget(s) => {
                     if tx.send(Record::MqttTarget(sink::NewTarget(s))).await.is_err() {
-                        return;
+                        break 'run;
                     }
                 }
                 CoreCommand::Notice { key, message } => {
                     if tx.send(Record::Notice { key, message }).await.is_err() {
-                        return;
+                        break 'run;
                     }
                 }
                 CoreCommand::Tokens(t) => core.install_tokens(t),
@@ -465,7 +468,7 @@ async fn run_core(
                     for e in &ended {
                         for r in records_of(&core, &mut offers, e) {
                             if tx.send(r).await.is_err() {
-                                return;
+                                break 'run;
                             }
                         }
                     }
@@ -479,8 +482,11 @@ async fn run_core(
                     core.handle_timeout(t, &mut events);
                     for r in periodic.due(&core, t) {
                         if tx.send(r).await.is_err() {
-                            return;
+                            break 'run;
                         }
+                    }
+                    if periodic.save_due(t) {
+                        save_learned(&mut periodic.learned, &core).await;
                     }
                 }
             }
@@ -492,10 +498,51 @@ async fn run_core(
         for e in events.drain(..) {
             for r in records_of(&core, &mut offers, &e) {
                 if tx.send(r).await.is_err() {
-                    return;
+                    break 'run;
                 }
             }
         }
+    }
+    // However the pipeline stopped, what the hubs learned is kept for the next start.
+    save_learned(&mut periodic.learned, &core).await;
+}
+
+/// What the hubs learned before the last stop, given back to `core`; the file to keep it in from
+/// now on.
+fn restore_learned(cfg: &Config, core: &mut Core) -> LearnedFile {
+    let mut file = LearnedFile::in_dir(&cfg.hub.data_dir);
+    match file.load() {
+        Ok(saved) if !saved.is_empty() => {
+            let hubs = core.restore_margins(&saved);
+            tracing::info!(hubs, file = %file.path().display(),
+                "exit margins learned before the last stop restored");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "learned state not restored"),
+    }
+    file
+}
+
+/// Writes what the hubs have learned, off the core task: a write and two fsyncs on an SD card may
+/// take a while. A failed write is logged and tried again at the next save.
+async fn save_learned(learned: &mut Option<LearnedFile>, core: &Core) {
+    let Some(mut file) = learned.take() else {
+        return;
+    };
+    let memory = core.engine().margin_memory();
+    let done = tokio::task::spawn_blocking(move || {
+        let result = file.save(memory);
+        (file, result)
+    })
+    .await;
+    match done {
+        Ok((file, result)) => {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "learned state not saved");
+            }
+            *learned = Some(file);
+        }
+        Err(e) => tracing::error!(error = %e, "saving learned state failed; not tried again"),
     }
 }
 
@@ -694,7 +741,7 @@ struct Inputs {
     progress: Arc<crate::health::Progress>,
 }
 
-/// The periodic `stats` and `beacons` records, on pipeline time.
+/// The periodic `stats` and `beacons` records, and saving what the hubs learned, on pipeline time.
 struct Periodic {
     stats_every: u64,
     beacons_every: u64,
@@ -703,6 +750,9 @@ struct Periodic {
     next_beacons: crate::time::Timestamp,
     prev: crate::pipeline::CoreStats,
     scan: tokio::sync::watch::Receiver<crate::scan::bluez::tracker::ScanCounters>,
+    /// Where what the hubs learned is kept; none after saving it failed beyond repair.
+    learned: Option<LearnedFile>,
+    next_save: crate::time::Timestamp,
 }
 
 impl Periodic {
@@ -711,6 +761,7 @@ impl Periodic {
         stats_every: u64,
         beacons_every: u64,
         scan: tokio::sync::watch::Receiver<crate::scan::bluez::tracker::ScanCounters>,
+        learned: LearnedFile,
     ) -> Periodic {
         let (stats_every, beacons_every) = (stats_every.max(1000), beacons_every.max(1000));
         Periodic {
@@ -721,7 +772,19 @@ impl Periodic {
             next_beacons: crate::time::Timestamp(start.0 + beacons_every),
             prev: Default::default(),
             scan,
+            learned: Some(learned),
+            next_save: crate::time::Timestamp(start.0 + crate::learned::SAVE_EVERY_MS),
         }
+    }
+
+    /// Whether what the hubs learned is due to be saved at `now` (checked at each stats or beacons
+    /// deadline, so within one of those of [`crate::learned::SAVE_EVERY_MS`]).
+    fn save_due(&mut self, now: crate::time::Timestamp) -> bool {
+        let due = now >= self.next_save;
+        if due {
+            self.next_save = crate::time::Timestamp(now.0 + crate::learned::SAVE_EVERY_MS);
+        }
+        due
     }
 
     fn next(&self) -> crate::time::Timestamp {

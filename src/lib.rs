@@ -11,6 +11,7 @@ pub mod decode;
 pub mod field;
 pub mod health;
 pub mod identity;
+pub mod learned;
 pub mod logging;
 pub mod offers;
 pub mod pipeline;

@@ -443,6 +443,12 @@ impl Core {
         &self.engine
     }
 
+    /// Gives the engine back what its hubs had learned of their exit margins before a restart
+    /// ([`Engine::restore_margins`]); returns how many hubs took it.
+    pub fn restore_margins(&mut self, saved: &[crate::presence::HubSags]) -> usize {
+        self.engine.restore_margins(saved)
+    }
+
     /// The identity directory.
     pub fn directory(&self) -> &Directory {
         &self.directory

@@ -45,6 +45,19 @@ fn start(cfg: &Path, socket: &Path) -> Child {
         .unwrap()
 }
 
+/// The daemon with no one to notify.
+fn start_plain(cfg: &Path) -> Running {
+    Running(
+        Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Every notification received within `d`.
 fn receive(sock: &UnixDatagram, d: Duration) -> Vec<String> {
     let end = Instant::now() + d;
@@ -167,4 +180,113 @@ fn status_says_what_to_do_when_it_cannot_ask() {
     let out = status(&cfg);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is beacond running"));
+}
+
+/// One hub's exit margin as `/status` reports it: hub, visits, learned.
+type Margin = (String, u64, bool);
+
+/// The exit margins `/status` reports, by hub.
+fn margins(port: u16) -> Vec<Margin> {
+    // Nothing yet while the daemon is still starting.
+    let Ok(mut r) = ureq::get(&format!("http://127.0.0.1:{port}/status")).call() else {
+        return Vec::new();
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    v["exit_margins"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["hub"].as_str().unwrap().to_owned(),
+                        m["visits"].as_u64().unwrap(),
+                        m["learned"].as_bool().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A daemon that is killed if the test fails before it is stopped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stops it as systemd does, and checks it stopped cleanly.
+fn stop(mut d: Running) {
+    Command::new("kill")
+        .args(["-TERM", &d.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(d.0.wait().unwrap().success());
+}
+
+#[test]
+fn what_the_hubs_learned_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    // The simulated supermarket, fast: its eight hubs learn their margins in simulated minutes.
+    let write = |speed: f64| {
+        let mut cfg = beacond::scan::sim::Scenario::load("builtin:supermarket")
+            .unwrap()
+            .as_config();
+        cfg.scan.source = beacond::config::SourceKind::Sim;
+        cfg.scan.sim_scenario = "builtin:supermarket".into();
+        cfg.scan.speed = speed;
+        cfg.hub.data_dir = data.clone();
+        cfg.mqtt.enabled = false;
+        cfg.mqtt.stats_interval_s = 1;
+        cfg.health.listen = Some(format!("127.0.0.1:{port}"));
+        let p = dir.path().join("beacond.toml");
+        std::fs::write(&p, toml::to_string(&cfg).unwrap()).unwrap();
+        p
+    };
+    let d = start_plain(&write(200.0));
+    let wait_for = |pred: &dyn Fn(&[Margin]) -> bool| {
+        let end = Instant::now() + Duration::from_secs(120);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let m = if Instant::now() < end {
+                margins(port)
+            } else {
+                panic!("timed out: {:?}", margins(port))
+            };
+            if pred(&m) {
+                return m;
+            }
+        }
+    };
+    wait_for(&|m| m.len() == 8 && m.iter().filter(|h| h.2).count() >= 2);
+    stop(d);
+
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("learned.json")).unwrap()).unwrap();
+    let mut saved: Vec<Margin> = file["exit_margins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let n = h["sags_db"].as_array().unwrap().len() as u64;
+            (h["hub"].as_str().unwrap().to_owned(), n, n >= 20)
+        })
+        .collect();
+    assert!(saved.iter().filter(|h| h.2).count() >= 2, "{saved:?}");
+
+    // Started again in real time: no visit of 30 s can have ended yet, so whatever the hubs know
+    // came from the file, and hubs with 20 sags use their learned margin at once.
+    let d = start_plain(&write(1.0));
+    let mut after = wait_for(&|m| m.len() == 8);
+    after.retain(|h| h.1 > 0);
+    saved.sort();
+    after.sort();
+    assert_eq!(after, saved);
+    stop(d);
 }

@@ -113,6 +113,12 @@ impl HubMargin {
     pub fn visits(&self) -> usize {
         self.depths.len()
     }
+
+    /// The deepest standing sag of each visit remembered, dB, oldest first: what
+    /// [`HubMargin::record`] was given, so recording them again restores what was learned.
+    pub fn depths(&self) -> impl Iterator<Item = f32> + '_ {
+        self.depths.iter().copied()
+    }
 }
 
 #[cfg(test)]

@@ -256,6 +256,17 @@ pub struct HubExitMargin {
     pub adaptive: bool,
 }
 
+/// The sags one hub has learned its exit margin from ([`Engine::margin_memory`]): what a daemon
+/// keeps on disk so that a restart does not send every hub back to `exit_margin_db` for its next
+/// [`margin::MIN_VISITS`] visits.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HubSags {
+    /// The hub's id.
+    pub hub: String,
+    /// Each remembered visit's deepest standing sag, dB below its settled level, oldest first.
+    pub sags_db: Vec<f32>,
+}
+
 /// As `beacond status` and `beacond simulate` print it: the learned margin, or `exit_margin_db` and
 /// how far the hub has got towards learning its own.
 impl std::fmt::Display for HubExitMargin {
@@ -634,6 +645,52 @@ impl Engine {
                 }
             })
             .collect()
+    }
+
+    /// What each hub with zones has learned its exit margin from, for hubs that have seen a visit
+    /// to learn from; [`Engine::restore_margins`] takes it back.
+    pub fn margin_memory(&self) -> Vec<HubSags> {
+        self.margins
+            .iter()
+            .enumerate()
+            .filter(|(hub, m)| !self.zones_by_hub[*hub].is_empty() && m.visits() > 0)
+            .map(|(hub, m)| HubSags {
+                hub: self.hubs[hub].clone(),
+                sags_db: m.depths().collect(),
+            })
+            .collect()
+    }
+
+    /// Puts back what [`Engine::margin_memory`] returned, before a restart or on another engine
+    /// with the same hubs. A hub this engine has no zones for is left out (the config changed
+    /// since), as are sags no visit could have produced (negative, not finite, or deeper than
+    /// 100 dB: the file was edited or damaged); only the newest [`margin::WINDOW`] count.
+    /// Returns how many hubs got their memory back.
+    pub fn restore_margins(&mut self, saved: &[HubSags]) -> usize {
+        let mut restored = 0;
+        for h in saved {
+            let Some(hub) = self.hub_index(&h.hub).map(usize::from) else {
+                continue;
+            };
+            if self.zones_by_hub[hub].is_empty() {
+                continue;
+            }
+            let sane: Vec<f32> = h
+                .sags_db
+                .iter()
+                .copied()
+                .filter(|d| d.is_finite() && (0.0..=100.0).contains(d))
+                .collect();
+            let mut m = margin::HubMargin::default();
+            for d in &sane[sane.len().saturating_sub(margin::WINDOW)..] {
+                m.record(*d);
+            }
+            if m.visits() > 0 {
+                self.margins[hub] = m;
+                restored += 1;
+            }
+        }
+        restored
     }
 
     /// How many identities are tracked now, and how many of them are anonymous.

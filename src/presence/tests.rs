@@ -1088,6 +1088,69 @@ fn what_a_hub_learned_stays_with_it_across_a_reload() {
 }
 
 #[test]
+fn what_a_hub_learned_comes_back_after_a_restart() {
+    let learned = after_twenty_steady_visits(true);
+    let memory = learned.engine.margin_memory();
+    assert_eq!(memory.len(), 1);
+    assert_eq!(
+        (memory[0].hub.as_str(), memory[0].sags_db.len()),
+        ("hub-1", 20)
+    );
+
+    // A new engine (the daemon started again) with hub-1's zone and one on a hub not saved.
+    let mut h = Harness::with(
+        &[
+            zone("a", None, -70, -80),
+            zone("b", Some("hub-2"), -70, -80),
+        ],
+        EngineParams {
+            adaptive_margin: true,
+            ..params(10_000)
+        },
+    );
+    let gone = HubSags {
+        hub: "hub-gone".into(),
+        sags_db: vec![1.0; 30],
+    };
+    assert_eq!(h.engine.restore_margins(&[memory[0].clone(), gone]), 1);
+    assert_eq!(h.engine.exit_margins()[0], learned.engine.exit_margins()[0]);
+    assert!(!h.engine.exit_margins()[1].learned);
+    // And it acts on it at once: ALICE goes at -72 dBm as she did before the restart.
+    h.hear_for(ALICE, 0, -66, 30.0);
+    h.visits();
+    h.hear(ALICE, 0, -72);
+    assert!(h
+        .visits()
+        .iter()
+        .any(|v| matches!(v.0, VisitKind::Exit { .. })));
+}
+
+#[test]
+fn sags_no_visit_could_produce_are_not_restored() {
+    let mut h = Harness::new(&[zone("a", None, -70, -80)]);
+    let mut sags_db = vec![f32::NAN, -3.0, 250.0, f32::INFINITY];
+    sags_db.extend(std::iter::repeat_n(1.0, 100));
+    assert_eq!(
+        h.engine.restore_margins(&[HubSags {
+            hub: "hub-1".into(),
+            sags_db
+        }]),
+        1
+    );
+    // Only the newest WINDOW sane ones.
+    let m = &h.engine.margin_memory()[0];
+    assert_eq!(m.sags_db, vec![1.0; margin::WINDOW]);
+    // Nothing sane: the hub keeps learning from scratch.
+    let mut fresh = Harness::new(&[zone("a", None, -70, -80)]);
+    let junk = HubSags {
+        hub: "hub-1".into(),
+        sags_db: vec![f32::NAN, -1.0],
+    };
+    assert_eq!(fresh.engine.restore_margins(&[junk]), 0);
+    assert!(fresh.engine.margin_memory().is_empty());
+}
+
+#[test]
 fn anonymous_devices_and_short_visits_teach_no_margin() {
     let mut h = Harness::new(&[zone("a", None, -70, -80)]);
     for n in 0..20u64 {
