@@ -536,8 +536,13 @@ fn demo(
     cfg.scan.source = beacond::config::SourceKind::Sim;
     cfg.scan.sim_scenario = spec;
     cfg.scan.speed = speed;
-    // The demo's spool and offer caps are throwaway, like the demo.
-    cfg.hub.data_dir = std::env::temp_dir().join(format!("beacond-demo-{}", std::process::id()));
+    // The demo's spool, offer caps and learned margins are throwaway, like the demo: the directory
+    // goes when the demo ends.
+    let data_dir = tempfile::Builder::new()
+        .prefix("beacond-demo-")
+        .tempdir()
+        .context("making the demo's data directory")?;
+    cfg.hub.data_dir = data_dir.path().to_owned();
     if let Some(url) = mqtt {
         cfg.mqtt.enabled = true;
         cfg.mqtt.url = url;
@@ -562,7 +567,9 @@ fn demo(
         sink: beacond::daemon::SinkKind::Terminal,
         warm_start_s: warm_start_min.max(0.0) * 60.0,
     };
-    run_until_signal(cfg, opts, duration)
+    let result = run_until_signal(cfg, opts, duration);
+    drop(data_dir);
+    result
 }
 
 /// Runs the daemon pipeline until it ends, a signal arrives, or `duration` seconds pass.

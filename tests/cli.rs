@@ -261,8 +261,10 @@ fn simulate_rejects_an_unknown_scenario_clearly() {
 
 #[test]
 fn demo_shows_a_live_feed_and_headcounts_when_piped() {
+    let tmp = tempfile::tempdir().unwrap();
     let out = beacond()
         .args(["demo", "--duration", "3", "--speed", "30"])
+        .env("TMPDIR", tmp.path())
         .timeout(Duration::from_secs(60))
         .assert()
         .success()
@@ -275,17 +277,24 @@ fn demo_shows_a_live_feed_and_headcounts_when_piped() {
     assert!(text.contains("OFFER"), "{text}");
     // Piped output is plain lines: no cursor movement.
     assert!(!text.contains("\x1b["), "{text}");
+    // Its throwaway spool, offer caps and learned margins went with it.
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
 fn run_with_the_sim_source_prints_presence_records() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
+    // Its own data directory: the daemon keeps what its hubs learned there.
     std::fs::write(
         &p,
-        "[hub]\nhub_id = \"hub-window\"\n[scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\n\
-         speed = 600.0\n[mqtt]\nenabled = false\n[[zones]]\nid = \"window\"\nenter_rssi = -75\n\
-         exit_rssi = -84\nmin_enter_s = 1.0\n",
+        format!(
+            "[hub]\nhub_id = \"hub-window\"\ndata_dir = {:?}\n[scan]\nsource = \"sim\"\n\
+             sim_scenario = \"builtin:boutique\"\nspeed = 600.0\n[mqtt]\nenabled = false\n\
+             [[zones]]\nid = \"window\"\nenter_rssi = -75\nexit_rssi = -84\nmin_enter_s = 1.0\n",
+            dir.path().join("data").display().to_string()
+        ),
     )
     .unwrap();
     let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("beacond"))
