@@ -90,6 +90,9 @@ struct Contents {
 pub struct LearnedFile {
     path: PathBuf,
     saved: Vec<HubSags>,
+    /// The file on disk did not load: replace it at the next save even if nothing was learned, so
+    /// the warning is not repeated at every start.
+    unreadable: bool,
 }
 
 impl LearnedFile {
@@ -98,6 +101,7 @@ impl LearnedFile {
         LearnedFile {
             path: data_dir.join("learned.json"),
             saved: Vec::new(),
+            unreadable: false,
         }
     }
 
@@ -108,6 +112,15 @@ impl LearnedFile {
 
     /// What the file holds: nothing when there is no file yet.
     pub fn load(&mut self) -> Result<Vec<HubSags>, LearnedError> {
+        let result = self.read();
+        self.unreadable = matches!(
+            result,
+            Err(LearnedError::Parse { .. } | LearnedError::Format { .. })
+        );
+        result
+    }
+
+    fn read(&mut self) -> Result<Vec<HubSags>, LearnedError> {
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -143,7 +156,7 @@ impl LearnedFile {
     /// (written beside it, synced, renamed over it), so a power cut leaves the old file or the new
     /// one, never half of one. Returns whether it wrote.
     pub fn save(&mut self, exit_margins: Vec<HubSags>) -> Result<bool, LearnedError> {
-        if exit_margins == self.saved {
+        if exit_margins == self.saved && !self.unreadable {
             return Ok(false);
         }
         let err = |source| LearnedError::Write {
@@ -166,6 +179,7 @@ impl LearnedFile {
             .and_then(|d| d.sync_all())
             .map_err(err)?;
         self.saved = contents.exit_margins;
+        self.unreadable = false;
         Ok(true)
     }
 }
@@ -223,6 +237,10 @@ mod tests {
             e.contains("format 2 is newer than this beacond reads (1)"),
             "{e}"
         );
+        // Replaced at the next save even with nothing learned, so the next start is quiet.
+        assert!(f.save(vec![]).unwrap());
+        assert_eq!(f.load().unwrap(), vec![]);
+        assert!(!f.save(vec![]).unwrap());
         assert!(f.save(vec![sags("hub-1", 2)]).unwrap());
         assert_eq!(f.load().unwrap(), vec![sags("hub-1", 2)]);
     }
