@@ -32,30 +32,28 @@ fn config(dir: &Path, port: u16, speed: f64) -> std::path::PathBuf {
     p
 }
 
+/// `beacond run` on `cfg`, quietly.
+fn daemon(cfg: &Path) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("beacond"));
+    c.args(["run", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
 /// The daemon as systemd runs it: a notify socket and a 1 s watchdog.
 fn start(cfg: &Path, socket: &Path) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .args(["run", "--config"])
-        .arg(cfg)
+    daemon(cfg)
         .env("NOTIFY_SOCKET", socket)
         .env("WATCHDOG_USEC", "1000000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap()
 }
 
 /// The daemon with no one to notify.
 fn start_plain(cfg: &Path) -> Running {
-    Running(
-        Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-            .args(["run", "--config"])
-            .arg(cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    Running(daemon(cfg).spawn().unwrap())
 }
 
 /// Every notification received within `d`.
