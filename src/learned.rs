@@ -66,18 +66,6 @@ pub enum LearnedError {
     },
 }
 
-impl LearnedError {
-    /// Whether the disk is full or read-only rather than the file being at fault.
-    pub fn is_disk_condition(&self) -> bool {
-        match self {
-            LearnedError::Read { source, .. } | LearnedError::Write { source, .. } => {
-                crate::storage::is_disk_condition_io(source)
-            }
-            _ => false,
-        }
-    }
-}
-
 #[derive(Serialize, Deserialize)]
 struct Contents {
     format: u32,

@@ -567,9 +567,7 @@ fn demo(
         sink: beacond::daemon::SinkKind::Terminal,
         warm_start_s: warm_start_min.max(0.0) * 60.0,
     };
-    let result = run_until_signal(cfg, opts, duration);
-    drop(data_dir);
-    result
+    run_until_signal(cfg, opts, duration)
 }
 
 /// Runs the daemon pipeline until it ends, a signal arrives, or `duration` seconds pass.
