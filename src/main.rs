@@ -44,7 +44,8 @@ enum Command {
     /// Run the simulated store demo: the daemon's own pipeline on a built-in scenario, live.
     ///
     /// Shows who entered which zone, dwell marks and exits, under a per-zone headcount redrawn in
-    /// place (plain lines when piped). Stop it with Ctrl-C or --duration.
+    /// place (plain lines when piped). When the scenario ends it plays again, time running on, until
+    /// Ctrl-C or --duration stops it.
     Demo {
         /// A scenario file, or the name of a built-in one (boutique, supermarket, hard, pharmacy,
         /// electronics).
@@ -535,6 +536,7 @@ fn demo(
     let mut cfg = scenario.as_config();
     cfg.scan.source = beacond::config::SourceKind::Sim;
     cfg.scan.sim_scenario = spec;
+    cfg.scan.sim_repeat = true;
     cfg.scan.speed = speed;
     // The demo's spool, offer caps and learned margins are throwaway, like the demo: the directory
     // goes when the demo ends.
@@ -1011,10 +1013,12 @@ fn field_scan(
     rows: usize,
 ) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
-    let cfg = match source.config() {
+    let mut cfg = match source.config() {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    // A live view runs until it is stopped; the simulated store keeps going until then too.
+    cfg.scan.sim_repeat = true;
     beacond::logging::init("warn", beacond::config::LogFormat::Auto)?;
     let opts = beacond::field::ScanOptions {
         json,

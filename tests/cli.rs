@@ -283,6 +283,43 @@ fn demo_shows_a_live_feed_and_headcounts_when_piped() {
 }
 
 #[test]
+fn the_demo_plays_its_store_again_when_the_scenario_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The boutique's hour takes 1.2 s at this speed: the demo must still be showing shoppers after it.
+    let out = beacond()
+        .args([
+            "demo",
+            "--scenario",
+            "boutique",
+            "--speed",
+            "3000",
+            "--duration",
+            "4",
+        ])
+        .env("TMPDIR", tmp.path())
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let seconds_of_day: Vec<u32> = text
+        .lines()
+        .filter(|l| l.contains("entered"))
+        .filter_map(|l| {
+            let hms: Vec<u32> = l
+                .get(..8)?
+                .split(':')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?;
+            Some(hms[0] * 3600 + hms[1] * 60 + hms[2])
+        })
+        .collect();
+    let span = seconds_of_day.iter().max().unwrap() - seconds_of_day.iter().min().unwrap();
+    assert!(span > 3600, "entries over {span} s of store time:\n{text}");
+}
+
+#[test]
 fn run_with_the_sim_source_prints_presence_records() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
@@ -335,6 +372,79 @@ fn run_with_the_sim_source_prints_presence_records() {
     assert!(records
         .iter()
         .all(|r| r["type"] != "presence" || r["customer_id"].is_string()));
+}
+
+#[test]
+fn a_repeating_sim_source_keeps_the_store_going_past_the_scenarios_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |repeat: bool| {
+        let p = dir.path().join(format!("repeat-{repeat}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[hub]\nhub_id = \"hub-window\"\ndata_dir = {:?}\n[scan]\nsource = \"sim\"\n\
+                 sim_scenario = \"builtin:boutique\"\nspeed = 3000.0\nsim_repeat = {repeat}\n\
+                 [mqtt]\nenabled = false\n\
+                 [[zones]]\nid = \"window\"\nenter_rssi = -75\nexit_rssi = -84\n",
+                dir.path()
+                    .join(format!("data-{repeat}"))
+                    .display()
+                    .to_string()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    // Output to files: a pipe nobody reads until the end would fill and stall the daemon.
+    let (out_file, err_file) = (dir.path().join("out"), dir.path().join("err"));
+    let start = |p: &std::path::Path| {
+        StdCommand::new(assert_cmd::cargo::cargo_bin("beacond"))
+            .arg("run")
+            .arg("--config")
+            .arg(p)
+            .stdout(std::fs::File::create(&out_file).unwrap())
+            .stderr(std::fs::File::create(&err_file).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let wait_for_exit = |child: &mut std::process::Child, within: Duration| {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+    // Without it, the daemon stops when the boutique's hour (1.2 s at this speed) is over.
+    let mut once = start(&config(false));
+    let status = wait_for_exit(&mut once, Duration::from_secs(60)).expect("the hour ends");
+    assert!(status.success(), "{status:?}");
+    // With it, the hour plays again and again until the daemon is told to stop.
+    let mut again = start(&config(true));
+    assert!(
+        wait_for_exit(&mut again, Duration::from_secs(6)).is_none(),
+        "a repeating store does not end"
+    );
+    StdCommand::new("kill")
+        .arg("-TERM")
+        .arg(again.id().to_string())
+        .status()
+        .unwrap();
+    let status = wait_for_exit(&mut again, Duration::from_secs(30)).expect("stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let out = std::fs::read_to_string(&out_file).unwrap();
+    let err = std::fs::read_to_string(&err_file).unwrap();
+    assert!(err.contains("simulated scenario starts again"), "{err}");
+    // Time runs on: shoppers enter again after the first hour (09:00 to 10:00 simulated).
+    let late_enters = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["type"] == "presence" && r["event"] == "enter")
+        .filter(|r| r["at"].as_str().unwrap() >= "2026-01-05T10:00:00")
+        .count();
+    assert!(late_enters > 0, "{out}");
 }
 
 #[test]

@@ -104,6 +104,9 @@ pub struct ScanConfig {
     pub replay_file: Option<PathBuf>,
     /// The scenario for `source = "sim"`: a file, or `builtin:NAME`.
     pub sim_scenario: String,
+    /// With `source = "sim"`: play the scenario again each time it ends, simulated time running on,
+    /// instead of stopping the daemon (a test hub feeding a platform, a long run).
+    pub sim_repeat: bool,
     /// Playback speed for `replay` and `sim` (1.0 = real time).
     pub speed: f64,
     /// What is let into the pipeline.
@@ -118,6 +121,7 @@ impl Default for ScanConfig {
             watchdog_s: 90,
             replay_file: None,
             sim_scenario: "builtin:supermarket".into(),
+            sim_repeat: false,
             speed: 1.0,
             filters: ScanFilters::default(),
         }

@@ -247,8 +247,25 @@ impl Opened {
             Opened::Sim(mut sim) => {
                 let clock = Clock::scaled(start, speed);
                 let task = tokio::spawn(async move {
-                    run_paced(|| sim.next_advert(), clock, filter, io, shutdown).await;
-                    tracing::info!(scenario = %sim.scenario().name, "simulated scenario finished");
+                    let (mut laps, mut ended) = (sim.laps(), false);
+                    let next = || {
+                        let a = sim.next_advert();
+                        ended = a.is_none();
+                        if sim.laps() != laps {
+                            laps = sim.laps();
+                            tracing::info!(
+                                scenario = %sim.scenario().name,
+                                lap = laps + 1,
+                                "simulated scenario starts again"
+                            );
+                        }
+                        a
+                    };
+                    run_paced(next, clock, filter, io, shutdown).await;
+                    // Stopped by the shutdown signal, it did not finish.
+                    if ended {
+                        tracing::info!(scenario = %sim.scenario().name, "simulated scenario finished");
+                    }
                     Ok(())
                 });
                 (clock, task)
@@ -292,9 +309,13 @@ impl Opened {
 pub fn open(cfg: &crate::config::Config) -> Result<Opened, SourceError> {
     use crate::config::SourceKind;
     Ok(match cfg.scan.source {
-        SourceKind::Sim => Opened::Sim(Box::new(sim::Simulation::new(sim::Scenario::load(
-            &cfg.scan.sim_scenario,
-        )?))),
+        SourceKind::Sim => {
+            let mut sim = sim::Simulation::new(sim::Scenario::load(&cfg.scan.sim_scenario)?);
+            if cfg.scan.sim_repeat {
+                sim.repeat();
+            }
+            Opened::Sim(Box::new(sim))
+        }
         SourceKind::Replay => {
             let path = cfg
                 .scan

@@ -135,6 +135,13 @@ pub struct Simulation {
     pending: VecDeque<Advert>,
     end: u64,
     directory: Directory,
+    /// Play the scenario again when it ends ([`Simulation::repeat`]).
+    repeat: bool,
+    /// Laps played before this one; each starts where the last ended.
+    laps: u64,
+    /// Whether this lap has produced an advert yet: a lap that produces none would repeat forever
+    /// without yielding.
+    heard: bool,
 }
 
 impl Simulation {
@@ -243,7 +250,37 @@ impl Simulation {
             pending: VecDeque::new(),
             end,
             directory,
+            repeat: false,
+            laps: 0,
+            heard: false,
         }
+    }
+
+    /// Plays the scenario again each time it ends, simulated time running on: a hub left running on
+    /// the simulator (the demo, `beacond scan --source sim`, `sim_repeat = true`) keeps a store to
+    /// show instead of falling silent after one scenario. Every lap is the same world (the same
+    /// seed), so the customers and fixed beacons are the ones [`Simulation::directory`] names;
+    /// only time moves on. [`Simulation::shoppers`] and [`Simulation::end`] describe the first lap.
+    pub fn repeat(&mut self) {
+        self.repeat = true;
+    }
+
+    /// How many laps have ended (0 during the first).
+    pub fn laps(&self) -> u64 {
+        self.laps
+    }
+
+    /// Starts the next lap: the world drawn again from the seed, shifted to begin where this ended.
+    fn next_lap(&mut self) {
+        let mut next = Simulation::new(self.scenario.clone());
+        next.repeat = true;
+        next.laps = self.laps + 1;
+        *self = next;
+    }
+
+    /// Milliseconds from the simulated epoch to the start of this lap.
+    fn lap_offset(&self) -> u64 {
+        self.laps * self.end
     }
 
     /// The scenario.
@@ -283,18 +320,23 @@ impl Simulation {
         }
     }
 
-    /// The next advertisement heard by any hub, in time order; `None` when the scenario is over.
+    /// The next advertisement heard by any hub, in time order; `None` when the scenario is over (for
+    /// a repeating one, only if a whole lap made no advert).
     pub fn next_advert(&mut self) -> Option<Advert> {
         loop {
             if let Some(a) = self.pending.pop_front() {
                 return Some(a);
             }
-            let Reverse((t, emitter)) = self.queue.pop()?;
-            if t >= self.end {
-                self.queue.clear();
-                return None;
+            match self.queue.pop() {
+                Some(Reverse((t, emitter))) if t < self.end => self.emit(t, emitter),
+                _ => {
+                    self.queue.clear();
+                    if !(self.repeat && self.heard) {
+                        return None;
+                    }
+                    self.next_lap();
+                }
             }
-            self.emit(t, emitter);
         }
     }
 
@@ -381,8 +423,9 @@ impl Simulation {
             ) else {
                 continue;
             };
+            self.heard = true;
             self.pending.push_back(Advert {
-                at: Timestamp(SIM_EPOCH_MS + t),
+                at: Timestamp(SIM_EPOCH_MS + self.lap_offset() + t),
                 hub: h as u16,
                 address,
                 rssi,
@@ -730,6 +773,59 @@ mod tests {
         for _ in 0..5_000 {
             assert_eq!(a.next_advert(), b.next_advert());
         }
+    }
+
+    #[test]
+    fn a_repeating_store_plays_its_hour_again_with_time_running_on() {
+        let sc = Scenario::load_with("builtin:boutique", &["duration_s=120".to_owned()]).unwrap();
+        let lap_ms = sc.duration_s * 1000;
+        let mut once = Simulation::new(sc.clone());
+        let first: Vec<Advert> = std::iter::from_fn(|| once.next_advert()).collect();
+        assert!(!first.is_empty());
+        let mut again = Simulation::new(sc);
+        again.repeat();
+        let mut last = Timestamp(0);
+        for lap in 0..3u64 {
+            for want in &first {
+                let got = again.next_advert().expect("a repeating store never ends");
+                assert!(got.at >= last, "time runs on across laps");
+                last = got.at;
+                // The same world, moved on by a lap.
+                let mut shifted = want.clone();
+                shifted.at = Timestamp(want.at.0 + lap * lap_ms);
+                assert_eq!(got, shifted, "lap {lap}");
+            }
+            assert_eq!(again.laps(), lap);
+        }
+        assert!(again.next_advert().is_some());
+        assert_eq!(again.laps(), 3);
+    }
+
+    #[test]
+    fn a_repeating_store_that_makes_no_adverts_ends_instead_of_spinning() {
+        // No beacons and no shoppers: every lap is silent, so repeating would never yield one.
+        let text = r#"
+name = "empty"
+duration_s = 60
+[[hubs]]
+id = "h"
+x = 0.0
+y = 0.0
+[[zones]]
+id = "z"
+[[areas]]
+zone = "z"
+x = 0.0
+y = 0.0
+radius_m = 2.0
+[shoppers]
+count = 0
+arrival_window_s = 1
+entrance = [0.0, 0.0]
+"#;
+        let mut s = Simulation::new(Scenario::parse(text, "empty").unwrap());
+        s.repeat();
+        assert_eq!(s.next_advert(), None);
     }
 
     #[test]
