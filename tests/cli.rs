@@ -259,18 +259,24 @@ fn simulate_rejects_an_unknown_scenario_clearly() {
         .stderr(predicate::str::contains("supermarket"));
 }
 
-#[test]
-fn demo_shows_a_live_feed_and_headcounts_when_piped() {
-    let tmp = tempfile::tempdir().unwrap();
+/// `beacond demo ARGS` with its own TMPDIR, piped: what it printed.
+fn demo(tmp: &std::path::Path, args: &[&str]) -> String {
     let out = beacond()
-        .args(["demo", "--duration", "3", "--speed", "30"])
-        .env("TMPDIR", tmp.path())
+        .arg("demo")
+        .args(args)
+        .env("TMPDIR", tmp)
         .timeout(Duration::from_secs(60))
         .assert()
         .success()
         .get_output()
         .clone();
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn demo_shows_a_live_feed_and_headcounts_when_piped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = demo(tmp.path(), &["--duration", "3", "--speed", "30"]);
     assert!(text.contains("entered"), "{text}");
     assert!(text.contains("customers in zone now"), "{text}");
     // The supermarket's offer rules fire as customers move.
@@ -286,23 +292,15 @@ fn demo_shows_a_live_feed_and_headcounts_when_piped() {
 fn the_demo_plays_its_store_again_when_the_scenario_ends() {
     let tmp = tempfile::tempdir().unwrap();
     // The boutique's hour takes 1.2 s at this speed: the demo must still be showing shoppers after it.
-    let out = beacond()
-        .args([
-            "demo",
-            "--scenario",
-            "boutique",
-            "--speed",
-            "3000",
-            "--duration",
-            "4",
-        ])
-        .env("TMPDIR", tmp.path())
-        .timeout(Duration::from_secs(60))
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let args = [
+        "--scenario",
+        "boutique",
+        "--speed",
+        "3000",
+        "--duration",
+        "4",
+    ];
+    let text = demo(tmp.path(), &args);
     let seconds_of_day: Vec<u32> = text
         .lines()
         .filter(|l| l.contains("entered"))

@@ -728,6 +728,34 @@ mod tests {
         Simulation::new(Scenario::load_with("builtin:boutique", &sets).unwrap())
     }
 
+    /// A minute of a store with one hub, one zone around it, no shoppers, and `beacons` (TOML
+    /// `[[beacons]]` tables).
+    fn one_hub_store(beacons: &str) -> Scenario {
+        let text = format!(
+            r#"
+name = "t"
+duration_s = 60
+[[hubs]]
+id = "h"
+x = 0.0
+y = 0.0
+[[zones]]
+id = "z"
+[[areas]]
+zone = "z"
+x = 0.0
+y = 0.0
+radius_m = 2.0
+{beacons}
+[shoppers]
+count = 0
+arrival_window_s = 1
+entrance = [0.0, 0.0]
+"#
+        );
+        Scenario::parse(&text, "t").unwrap()
+    }
+
     /// Stays of at least `ms` in `zone`, over every shopper.
     fn stays(sim: &Simulation, zone: u16, ms: u64) -> usize {
         sim.shoppers()
@@ -804,26 +832,7 @@ mod tests {
     #[test]
     fn a_repeating_store_that_makes_no_adverts_ends_instead_of_spinning() {
         // No beacons and no shoppers: every lap is silent, so repeating would never yield one.
-        let text = r#"
-name = "empty"
-duration_s = 60
-[[hubs]]
-id = "h"
-x = 0.0
-y = 0.0
-[[zones]]
-id = "z"
-[[areas]]
-zone = "z"
-x = 0.0
-y = 0.0
-radius_m = 2.0
-[shoppers]
-count = 0
-arrival_window_s = 1
-entrance = [0.0, 0.0]
-"#;
-        let mut s = Simulation::new(Scenario::parse(text, "empty").unwrap());
+        let mut s = Simulation::new(one_hub_store(""));
         s.repeat();
         assert_eq!(s.next_advert(), None);
     }
@@ -874,20 +883,8 @@ entrance = [0.0, 0.0]
     #[test]
     fn rssi_falls_with_distance() {
         // One hub, beacons at 1 m and 15 m: the near one is heard much stronger on average.
-        let text = r#"
-name = "t"
-duration_s = 60
-[[hubs]]
-id = "h"
-x = 0.0
-y = 0.0
-[[zones]]
-id = "z"
-[[areas]]
-zone = "z"
-x = 0.0
-y = 0.0
-radius_m = 2.0
+        let mut s = Simulation::new(one_hub_store(
+            r#"
 [[beacons]]
 id = "near"
 kind = "ibeacon"
@@ -900,12 +897,8 @@ kind = "ibeacon"
 x = 15.0
 y = 0.0
 interval_ms = 100
-[shoppers]
-count = 0
-arrival_window_s = 1
-entrance = [0.0, 0.0]
-"#;
-        let mut s = Simulation::new(Scenario::parse(text, "t").unwrap());
+"#,
+        ));
         let (mut near, mut far) = (Vec::new(), Vec::new());
         let near_addr = s.beacons[0].address;
         while let Some(a) = s.next_advert() {
