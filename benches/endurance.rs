@@ -11,8 +11,7 @@
 //! whole number of laps, every row is taken at the same point of the store's hour (the same
 //! shoppers inside), which makes a trend easier to see.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,20 +75,13 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
-/// The daemon's `/status`, or `Null` while it cannot answer.
+/// The daemon's `/status` (as `beacond status` asks it), or `Null` while it cannot answer.
 fn status(port: u16) -> serde_json::Value {
-    let ask = || -> std::io::Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /status HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text)
-    };
-    ask()
+    ureq::get(&format!("http://127.0.0.1:{port}/status"))
+        .call()
         .ok()
-        .and_then(|t| t.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()))
-        .and_then(|b| serde_json::from_str(&b).ok())
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|body| serde_json::from_str(&body).ok())
         .unwrap_or(serde_json::Value::Null)
 }
 
