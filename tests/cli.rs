@@ -8,6 +8,8 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 
+mod common;
+
 fn beacond() -> Command {
     Command::cargo_bin("beacond").unwrap()
 }
@@ -393,18 +395,6 @@ fn a_repeating_sim_source_keeps_the_store_going_past_the_scenarios_end() {
         .unwrap();
         p
     };
-    // Output to files: a pipe nobody reads until the end would fill and stall the daemon.
-    let (out_file, err_file) = (dir.path().join("out"), dir.path().join("err"));
-    let start = |p: &std::path::Path| {
-        StdCommand::new(assert_cmd::cargo::cargo_bin("beacond"))
-            .arg("run")
-            .arg("--config")
-            .arg(p)
-            .stdout(std::fs::File::create(&out_file).unwrap())
-            .stderr(std::fs::File::create(&err_file).unwrap())
-            .spawn()
-            .unwrap()
-    };
     let wait_for_exit = |child: &mut std::process::Child, within: Duration| {
         let until = Instant::now() + within;
         while Instant::now() < until {
@@ -416,33 +406,30 @@ fn a_repeating_sim_source_keeps_the_store_going_past_the_scenarios_end() {
         None
     };
     // Without it, the daemon stops when the boutique's hour (1.2 s at this speed) is over.
-    let mut once = start(&config(false));
+    let (mut once, _) = common::start_daemon_collecting(&config(false), None, None);
     let status = wait_for_exit(&mut once, Duration::from_secs(60)).expect("the hour ends");
     assert!(status.success(), "{status:?}");
     // With it, the hour plays again and again until the daemon is told to stop.
-    let mut again = start(&config(true));
+    let log = dir.path().join("log");
+    let (mut again, records) =
+        common::start_daemon_collecting(&config(true), Some(&log), Some("info"));
     assert!(
         wait_for_exit(&mut again, Duration::from_secs(6)).is_none(),
         "a repeating store does not end"
     );
-    StdCommand::new("kill")
-        .arg("-TERM")
-        .arg(again.id().to_string())
-        .status()
-        .unwrap();
+    common::signal(&again, "-TERM");
     let status = wait_for_exit(&mut again, Duration::from_secs(30)).expect("stops on SIGTERM");
     assert!(status.success(), "{status:?}");
-    let out = std::fs::read_to_string(&out_file).unwrap();
-    let err = std::fs::read_to_string(&err_file).unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
     assert!(err.contains("simulated scenario starts again"), "{err}");
     // Time runs on: shoppers enter again after the first hour (09:00 to 10:00 simulated).
-    let late_enters = out
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let records = records.lock().unwrap();
+    let late_enters = records
+        .iter()
         .filter(|r| r["type"] == "presence" && r["event"] == "enter")
         .filter(|r| r["at"].as_str().unwrap() >= "2026-01-05T10:00:00")
         .count();
-    assert!(late_enters > 0, "{out}");
+    assert!(late_enters > 0, "{records:?}");
 }
 
 #[test]
