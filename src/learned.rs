@@ -157,9 +157,12 @@ impl LearnedFile {
             format: FORMAT,
             exit_margins,
         };
+        // Whole, then one write: serde_json writes to a file a few bytes a call (a thousand calls
+        // for the supermarket's eight hubs).
+        let mut bytes = serde_json::to_vec(&contents).map_err(|e| err(e.into()))?;
+        bytes.push(b'\n');
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        serde_json::to_writer(&mut tmp, &contents).map_err(|e| err(e.into()))?;
-        tmp.write_all(b"\n").map_err(err)?;
+        tmp.write_all(&bytes).map_err(err)?;
         tmp.as_file().sync_all().map_err(err)?;
         tmp.persist(&self.path).map_err(|e| err(e.error))?;
         // The rename is only durable once the directory is.
