@@ -1,8 +1,9 @@
 //! Endurance load generator: the whole daemon (`beacond run`, the release binary) on the simulated
 //! store played again and again (`sim_repeat`), fast, publishing to a local Mosquitto, for days of
 //! store time. It samples what a hub that must run for months cares about — resident memory,
-//! threads, open files, the data directory on the card, the spool, what reached the broker — so a
-//! slow leak shows as a trend instead of an out-of-memory kill in a store months later.
+//! threads, open files, the data directory on the card, what the daemon writes to the card, the
+//! spool, what reached the broker — so a slow leak shows as a trend instead of an out-of-memory kill
+//! in a store months later, and the card's wear per store day is measured on the whole daemon.
 //!
 //! Run: `cargo bench --bench endurance`. Knobs (environment): `HOURS` simulated store hours
 //! (default 168, a week of an always-open store), `SPEED` (default 600× real time), `SAMPLE_S`
@@ -18,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use beacond::config::SourceKind;
 use beacond::scan::sim::{Scenario, Simulation};
+
+#[path = "support/disk.rs"]
+mod disk;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -140,7 +144,7 @@ fn main() {
         "endurance: {name} ({per_lap:.0} adverts per {lap_h} h lap, every hub in one daemon) at {speed}× for {hours} store hours, MQTT to mosquitto on loopback"
     );
     println!(
-        "{:>7} {:>8} {:>8} {:>8} {:>7} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9}",
+        "{:>7} {:>8} {:>8} {:>8} {:>7} {:>5} {:>9} {:>9} {:>8} {:>7} {:>10} {:>9} {:>9}",
         "wall_s",
         "store_h",
         "rss_MiB",
@@ -148,15 +152,22 @@ fn main() {
         "threads",
         "fds",
         "data_KiB",
+        "wrote_MiB",
+        "disk_MiB",
         "cpu_%",
         "acked",
         "spool",
         "tracked"
     );
     let t0 = Instant::now();
+    let pid_s = pid.to_string();
+    // The disks' count includes everything else the machine writes: run on an otherwise idle one.
+    let disk0 = disk::device_bytes();
+    let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
+    let mut acked = 0;
     let (mut last_cpu, mut last_t) = (0.0, 0.0);
     let mut rss = Vec::new();
-    loop {
+    let (wrote, disk, store_h) = loop {
         std::thread::sleep(sample);
         if let Some(st) = daemon.try_wait().unwrap() {
             panic!("beacond stopped on its own: {st:?}");
@@ -167,8 +178,11 @@ fn main() {
         let cpu = cpu_s(pid);
         let r = proc_status_kb(pid, "VmRSS:");
         rss.push((store_h, r));
+        let wrote = disk::write_bytes(&pid_s);
+        let disk = disk::device_bytes() - disk0;
+        acked = s["mqtt"]["acknowledged"].as_u64().unwrap_or(acked);
         println!(
-            "{:>7.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>5} {:>9.0} {:>7.0} {:>10} {:>9} {:>9}",
+            "{:>7.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>5} {:>9.0} {:>9.1} {:>8.1} {:>7.0} {:>10} {:>9} {:>9}",
             wall,
             store_h,
             r as f64 / 1024.0,
@@ -176,16 +190,18 @@ fn main() {
             proc_status_kb(pid, "Threads:"),
             open_files(pid),
             dir_bytes(&data) as f64 / 1024.0,
+            mib(wrote),
+            mib(disk),
             100.0 * (cpu - last_cpu) / (wall - last_t),
-            s["mqtt"]["acknowledged"].as_u64().unwrap_or(0),
+            acked,
             s["mqtt"]["spool_depth"].as_u64().unwrap_or(0),
             s["tracked"].as_u64().unwrap_or(0),
         );
         (last_cpu, last_t) = (cpu, wall);
         if store_h >= hours {
-            break;
+            break (wrote, disk, store_h);
         }
-    }
+    };
     let stop = Instant::now();
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -212,6 +228,20 @@ fn main() {
         half(false),
         hours / 2.0,
         half(true)
+    );
+    // At speed a batch gathers more messages than in real time, so these are the least a store day
+    // costs; run with SPEED=1 for what a card sees in a store.
+    let per = |b: u64| {
+        format!(
+            "{:.1} MiB per store day, {:.0} bytes per message",
+            mib(b) / store_h * 24.0,
+            b as f64 / acked.max(1) as f64
+        )
+    };
+    println!(
+        "written by beacond: {}; received by the disks: {} ({acked} messages acknowledged in {store_h:.1} store hours)",
+        per(wrote),
+        per(disk)
     );
     let _ = broker.kill();
     let _ = broker.wait();

@@ -17,19 +17,12 @@ use beacond::sink::{PresenceRecord, Record};
 use beacond::time::Timestamp;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-/// Bytes this process has caused to be written to storage so far (Linux `/proc/self/io`).
+#[path = "support/disk.rs"]
+mod disk;
+use disk::device_bytes;
+
 fn write_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| {
-                    l.strip_prefix("write_bytes: ")
-                        .map(|v| v.trim().parse().ok())
-                })
-                .flatten()
-        })
-        .unwrap_or(0)
+    disk::write_bytes("self")
 }
 
 fn record(i: u64) -> Record {
@@ -49,25 +42,6 @@ fn record(i: u64) -> Record {
         duration_s: None,
         reason: None,
     })
-}
-
-/// Bytes written to whole disks (`/proc/diskstats`), the file system's journal included: what an SD
-/// card actually sees, from every process (run on an otherwise idle machine).
-fn device_bytes() -> u64 {
-    let whole = |n: &str| {
-        let t = n.trim_end_matches(|c: char| c.is_ascii_digit());
-        (n.starts_with("vd") || n.starts_with("sd")) && n.len() == 3
-            || n.starts_with("mmcblk") && !n.contains('p')
-            || n.starts_with("nvme") && !t.ends_with('p')
-    };
-    std::fs::read_to_string("/proc/diskstats")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 9 && whole(f[2])).then(|| f[9].parse::<u64>().unwrap_or(0) * 512)
-        })
-        .sum()
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
