@@ -480,7 +480,13 @@ async fn run_core(
             _ = sleep_until_some(due.map(|t| clock.instant_of(t))) => {
                 if let Some(t) = due {
                     core.handle_timeout(t, &mut events);
-                    for r in periodic.due(&core, t) {
+                    let records = periodic.due(&core, t);
+                    if !records.is_empty() {
+                        // A periodic tick (stats, a minute by default) bounds how much entry
+                        // history a crash or a power cut can take.
+                        offers.flush();
+                    }
+                    for r in records {
                         if tx.send(r).await.is_err() {
                             break 'run;
                         }
@@ -503,7 +509,9 @@ async fn run_core(
             }
         }
     }
-    // However the pipeline stopped, what the hubs learned is kept for the next start.
+    // However the pipeline stopped, what the hubs learned and the offers' entry history are kept
+    // for the next start.
+    offers.flush();
     save_learned(&mut periodic.learned, &core).await;
 }
 

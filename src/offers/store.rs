@@ -1,6 +1,8 @@
 //! Offer cap state on disk (sled, `{data_dir}/offers`), so a restart, a crash or a power cut never
 //! makes the hub fire the same offer twice within its cooldown. Writes are flushed before the
-//! trigger is handed on; offers are rare, so an fsync each costs nothing that matters.
+//! trigger is handed on; offers are rare, so an fsync each costs nothing that matters. The entry
+//! history between offers is gathered by the stage ([`super::stage`]) and written with the next
+//! offer or tick, not an fsync per enter.
 
 use std::path::{Path, PathBuf};
 
