@@ -93,6 +93,8 @@ pub struct ExportHeader {
 pub struct Cache {
     path: PathBuf,
     db: sled::Db,
+    /// Synced after each flush, so an applied opt-out survives a power cut.
+    log: crate::storage::SledLog,
     active: sled::Tree,
 }
 
@@ -163,10 +165,12 @@ impl Cache {
                 db.drop_tree(&t).map_err(db_err)?;
             }
         }
+        let log = crate::storage::SledLog::open(dir).map_err(db_err)?;
         Ok((
             Cache {
                 path: dir.to_owned(),
                 db,
+                log,
                 active,
             },
             aside,
@@ -254,7 +258,7 @@ impl Cache {
         batch.insert(COUNT, &(count.max(0) as u64).to_be_bytes());
         batch.insert(SEQ, &seq.to_be_bytes());
         self.active.apply_batch(batch).map_err(|e| self.err(e))?;
-        self.db.flush().map_err(|e| self.err(e))?;
+        self.log.flush(&self.db).map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -284,7 +288,7 @@ impl Cache {
         self.db
             .insert(ACTIVE, staging.name.as_bytes())
             .map_err(|e| self.err(e))?;
-        self.db.flush().map_err(|e| self.err(e))?;
+        self.log.flush(&self.db).map_err(|e| self.err(e))?;
         let old = std::mem::replace(&mut self.active, staging.tree);
         let old_name = old.name();
         drop(old);
@@ -356,7 +360,7 @@ impl Cache {
 
     /// Flushes everything to disk.
     pub fn flush(&self) -> Result<(), CacheError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+        self.log.flush(&self.db).map_err(|e| self.err(e))
     }
 }
 

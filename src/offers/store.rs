@@ -38,10 +38,8 @@ pub enum StoreError {
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
-    /// sled's log file, synced after each flush: sled 0.34 makes a flush durable with
-    /// `sync_file_range`, which commits neither the file's size nor the device's write cache
-    /// (sled issue #1452), so on its own a power cut could take a cap the trigger relied on.
-    log: std::fs::File,
+    /// Synced after each flush, so a sent offer's cap survives a power cut.
+    log: crate::storage::SledLog,
 }
 
 fn key(kind: u8, a: &str, b: &str) -> Vec<u8> {
@@ -89,9 +87,9 @@ impl Store {
                 }
             }
         })?;
-        let log = std::fs::File::open(dir.join("db")).map_err(|e| StoreError::Db {
+        let log = crate::storage::SledLog::open(dir).map_err(|source| StoreError::Db {
             path: dir.to_owned(),
-            source: sled::Error::Io(e),
+            source,
         })?;
         Ok((
             Store {
@@ -167,14 +165,7 @@ impl Store {
             source,
         };
         self.db.apply_batch(batch).map_err(db_err)?;
-        self.durable().map_err(db_err)
-    }
-
-    /// Everything applied so far, on the card through a power cut: sled's flush, then an
-    /// `fdatasync` of its log for what `sync_file_range` leaves out.
-    fn durable(&self) -> Result<(), sled::Error> {
-        self.db.flush()?;
-        self.log.sync_data().map_err(sled::Error::Io)
+        self.log.flush(&self.db).map_err(db_err)
     }
 
     /// Rewrites the store to hold exactly `caps` (after pruning at start-up), so it stays bounded.
@@ -237,60 +228,13 @@ impl Store {
             }
         }
         self.db.apply_batch(batch).map_err(db_err)?;
-        self.durable().map_err(db_err)
+        self.log.flush(&self.db).map_err(db_err)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The file synced after each flush is the one sled's writes land in, so the `fdatasync` covers
-    /// what `sync_file_range` leaves out (a sled that wrote elsewhere would fail here, not in a
-    /// store after a power cut).
-    #[test]
-    fn the_file_synced_is_the_file_sled_writes() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("offers");
-        let (store, _) = Store::open(&path).unwrap();
-        let sizes = || -> Vec<(u64, u64)> {
-            walk(&path)
-                .iter()
-                .map(|p| std::fs::metadata(p).unwrap())
-                .map(|m| (m.ino(), m.len()))
-                .collect()
-        };
-        let before = sizes();
-        let at = 1_000;
-        let writes: Vec<CapWrite> = (0..200)
-            .map(|i| CapWrite::Fired {
-                offer: "wine".into(),
-                customer: format!("cust-{i:05}"),
-                at,
-            })
-            .collect();
-        store.apply(&writes).unwrap();
-        let grown: Vec<u64> = sizes()
-            .into_iter()
-            .filter(|f| !before.contains(f))
-            .map(|(ino, _)| ino)
-            .collect();
-        assert_eq!(grown, vec![store.log.metadata().unwrap().ino()]);
-    }
-
-    fn walk(dir: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-        out
-    }
 
     #[test]
     fn caps_written_are_caps_read_after_a_reopen_and_opt_outs_are_erased() {
