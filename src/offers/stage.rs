@@ -28,8 +28,9 @@ pub struct OfferStage {
     rules: Rules,
     caps: Caps,
     store: Option<Store>,
-    /// Entry history (store visits, zone entries) not yet written, the newest per customer: it is
-    /// written with the next trigger, at [`OfferStage::flush`] and at stop, not on every enter.
+    /// Entry history (store visits, zone entries) not yet written, the newest per customer, keyed
+    /// by (is it the store visit, customer): it is written with the next trigger, at
+    /// [`OfferStage::flush`] and at stop, not on every enter.
     pending: HashMap<(bool, String), CapWrite>,
     counts: BTreeMap<String, RuleCounts>,
     /// Every decision, when asked to keep them (explain).
@@ -83,20 +84,29 @@ impl OfferStage {
 
     /// Writes the entry history gathered since the last trigger, in one flushed batch; the daemon
     /// calls it on its periodic tick (a minute by default) and at stop. An fsync per enter was a
-    /// quarter of what the daemon wrote to the card in real time (docs/PERFORMANCE.md); now a crash
-    /// or power cut costs at most the entries since the last tick (a visit-count offer may come a visit later),
-    /// never the cap of an offer that left.
+    /// quarter of what the daemon wrote to the card in real time (docs/PERFORMANCE.md); now a
+    /// crash or power cut costs at most the entries since the last tick (a visit-count offer may
+    /// come a visit later), never the cap of an offer that left.
     pub fn flush(&mut self) {
-        let Some(store) = &self.store else { return };
         if self.pending.is_empty() {
             return;
         }
-        let writes: Vec<CapWrite> = self.pending.values().cloned().collect();
-        match store.apply(&writes) {
-            Ok(()) => self.pending.clear(),
-            // Kept: the next tick tries again.
-            Err(e) => tracing::warn!(error = %e, "cannot persist visit counts for offers"),
+        // Kept on failure: the next tick tries again.
+        if let Err(e) = self.write_pending_with(&[]) {
+            tracing::warn!(error = %e, "cannot persist visit counts for offers");
         }
+    }
+
+    /// Writes the gathered entry history, then `writes`, in one flushed batch, and forgets what
+    /// was written. Without a store there is nothing to write.
+    fn write_pending_with(&mut self, writes: &[CapWrite]) -> Result<(), super::store::StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let batch: Vec<CapWrite> = self.pending.values().chain(writes).cloned().collect();
+        store.apply(&batch)?;
+        self.pending.clear();
+        Ok(())
     }
 
     /// How many customers' entry history waits for [`OfferStage::flush`] or a trigger.
@@ -180,21 +190,14 @@ impl OfferStage {
             }
         }
         let trigger = decision.trigger.clone();
-        if let (Some(store), Some(t)) = (&self.store, &trigger) {
+        if let Some(t) = &trigger {
             // Durable before it leaves: if this fails, not firing is the safe side. The entry
             // history gathered so far goes in the same batch, before the trigger's own writes.
-            let writes: Vec<CapWrite> = self
-                .pending
-                .values()
-                .chain(&decision.writes)
-                .cloned()
-                .collect();
-            if let Err(e) = store.apply(&writes) {
+            if let Err(e) = self.write_pending_with(&decision.writes) {
                 tracing::error!(error = %e, offer = %t.offer_id,
                     "cannot persist offer caps; not firing this offer");
                 return None;
             }
-            self.pending.clear();
         } else if self.store.is_some() {
             for w in &decision.writes {
                 let key = match w {
