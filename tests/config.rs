@@ -224,6 +224,78 @@ fn wrong_type_and_syntax_errors_are_located() {
 }
 
 #[test]
+fn every_misspelt_key_and_wrong_type_is_reported_at_once() {
+    let text = r#"[hub]
+store_id = 12
+[presence]
+filter = "kalmn"
+silence_gap = 8
+[[zones]]
+enter_rssi = -70
+[[zones]]
+id = "till"
+enter_rsi = -70
+dwell_marks_s = [30, "120"]
+[[offers]]
+id = 7
+zones = "till"
+"#;
+    let problems = Config::parse(text).unwrap_err();
+    let got: Vec<(&str, usize)> = problems
+        .iter()
+        .map(|p| (p.key.as_str(), p.at.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("hub.store_id", 2),
+            ("presence.filter", 4),
+            ("presence.silence_gap", 5),
+            // A zone without its required id is named, and the zone after it keeps its index.
+            ("zones[0]", 6),
+            ("zones[1].enter_rsi", 10),
+            ("zones[1].dwell_marks_s[1]", 11),
+            ("offers[0].id", 13),
+            ("offers[0].zones", 14),
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[2].message.contains("did you mean `silence_gaps`?"));
+    assert!(problems[3].message.contains("missing field `id`"));
+    // offers[0].id and zones were wrong, not missing: no second problem saying they are absent.
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p.message.contains("missing field `zones`")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn check_config_lists_every_type_problem_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "two.toml",
+        "[[zones]]\nid = \"a\"\nenter_rsi = -70\nexit_rsi = -80\n",
+    );
+    beacond()
+        .arg("check-config")
+        .arg(&p)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "{}:3:1: zones[0].enter_rsi",
+            p.display()
+        )))
+        .stderr(predicate::str::contains(format!(
+            "{}:4:1: zones[0].exit_rsi",
+            p.display()
+        )))
+        .stderr(predicate::str::contains("2 problem(s) found"));
+}
+
+#[test]
 fn unreadable_file_is_a_clear_error() {
     beacond()
         .args(["check-config", "/nonexistent/beacond.toml"])
@@ -233,4 +305,72 @@ fn unreadable_file_is_a_clear_error() {
             "/nonexistent/beacond.toml: cannot read the config file",
         ));
     assert!(!Path::new("/nonexistent").exists());
+}
+
+mod recovery {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values of every TOML type, so some of them are wrong wherever they land.
+    const VALUES: &[&str] = &[
+        "5",
+        "-70",
+        "\"x\"",
+        "true",
+        "2.5",
+        "[1, \"a\"]",
+        "{ a = 1 }",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The example with keys misspelt and values swapped for others, anywhere: parsing never
+        /// panics, stops, points inside the file, and names every misspelt key, however many
+        /// other mistakes come before it.
+        #[test]
+        fn every_misspelt_key_is_found_among_other_mistakes(
+            edits in prop::collection::vec((0usize..200, 0usize..3, 0usize..VALUES.len()), 1..12)
+        ) {
+            let example = std::fs::read_to_string(EXAMPLE).unwrap();
+            let mut lines: Vec<String> = example.lines().map(str::to_owned).collect();
+            let settings: Vec<usize> = (0..lines.len())
+                .filter(|&i| !lines[i].starts_with('#') && !lines[i].starts_with('[') && lines[i].contains(" = "))
+                .collect();
+            let mut misspelt = Vec::new();
+            for (pick, what, value) in edits {
+                let i = settings[pick % settings.len()];
+                let (key, rest) = lines[i].split_once(" = ").unwrap();
+                let (key, rest) = (key.to_owned(), rest.to_owned());
+                if key.ends_with("_q") || misspelt.iter().any(|(l, _)| *l == i) {
+                    continue;
+                }
+                if what == 0 {
+                    let typo = format!("{key}_q");
+                    lines[i] = format!("{typo} = {rest}");
+                    misspelt.push((i, typo));
+                } else {
+                    lines[i] = format!("{key} = {}", VALUES[value]);
+                }
+            }
+            let text = lines.join("\n");
+            // Swapped values can all happen to be valid; misspelt keys never are.
+            let problems = match Config::parse(&text) {
+                Ok(_) => {
+                    prop_assert!(misspelt.is_empty(), "misspelt keys accepted: {misspelt:?}");
+                    Vec::new()
+                }
+                Err(problems) => problems,
+            };
+            for p in &problems {
+                prop_assert!(p.at.line >= 1 && p.at.line <= lines.len() + 1, "{p:?}");
+            }
+            for (line, typo) in &misspelt {
+                prop_assert!(
+                    problems.iter().any(|p| p.at.line == line + 1 && p.key.ends_with(typo.as_str())),
+                    "{typo} on line {} not reported: {problems:#?}\n{text}", line + 1
+                );
+            }
+        }
+    }
 }

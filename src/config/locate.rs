@@ -110,19 +110,48 @@ impl<'a> Document<'a> {
             .collect())
     }
 
-    /// Deserialises the document, turning a type or unknown-key error into a located problem.
+    /// Deserialises the document, turning every type or unknown-key error into a located problem.
+    ///
+    /// serde stops at the first error, so a field engineer with three typos would fix them one
+    /// `check-config` at a time. Instead, each error's key (or array item) is taken out of a copy
+    /// of the document and deserialisation is tried again, until it succeeds or nothing more can
+    /// be taken out. Problems are named from the original document, so keys and array indices are
+    /// those of the file even after an item before them was taken out.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Vec<Problem>> {
-        let de = toml::de::Deserializer::from(self.root.clone());
-        T::deserialize(de).map_err(|e| {
+        let mut root = self.root.clone();
+        let mut problems = Vec::new();
+        // Keys taken out because their value was wrong, by the span of their table: the
+        // "missing field" that taking out a required key causes is not a second problem.
+        let mut taken: Vec<(Range<usize>, String)> = Vec::new();
+        loop {
+            let de = toml::de::Deserializer::from(root.clone());
+            let e = match T::deserialize(de) {
+                Ok(value) if problems.is_empty() => return Ok(value),
+                Ok(_) => break,
+                Err(e) => e,
+            };
             let span = e.span().unwrap_or(0..0);
             let message = first_line(e.message());
-            let key = self.key_at(&span);
-            vec![Problem {
-                at: LineCol::of(self.text, span.start),
-                key: key.clone().unwrap_or_else(|| "(document)".into()),
-                message: explain(message, key.as_deref()),
-            }]
-        })
+            let caused_by_us = missing_field(message)
+                .is_some_and(|field| taken.iter().any(|(t, k)| *t == span && k == field));
+            if !caused_by_us {
+                let key = self.key_at(&span);
+                problems.push(Problem {
+                    at: LineCol::of(self.text, span.start),
+                    key: key.clone().unwrap_or_else(|| "(document)".into()),
+                    message: explain(message, key.as_deref()),
+                });
+            }
+            let whole = root.span();
+            if span == whole
+                || problems.len() >= MAX_PROBLEMS
+                || !take_out_of_table(root.get_mut(), whole, &span, &mut taken)
+            {
+                break;
+            }
+        }
+        problems.sort_by_key(|p| p.at);
+        Err(problems)
     }
 
     /// A problem for `path`, located at the key if it is in the file, else at the nearest enclosing
@@ -178,11 +207,6 @@ impl<'a> Document<'a> {
                 } else {
                     format!("{prefix}.{}", k.get_ref())
                 };
-                if k.span() == *span
-                    || (v.span() == *span && !matches!(v.get_ref(), DeValue::Table(_)))
-                {
-                    return Some(name);
-                }
                 match v.get_ref() {
                     DeValue::Table(inner) => {
                         if let Some(found) = walk(inner, span, &name) {
@@ -192,24 +216,93 @@ impl<'a> Document<'a> {
                     DeValue::Array(items) => {
                         for (i, item) in items.iter().enumerate() {
                             let item_name = format!("{name}[{i}]");
-                            if item.span() == *span && !matches!(item.get_ref(), DeValue::Table(_))
-                            {
-                                return Some(item_name);
-                            }
                             if let DeValue::Table(inner) = item.get_ref() {
                                 if let Some(found) = walk(inner, span, &item_name) {
                                     return Some(found);
                                 }
                             }
+                            // A table item is named too: "missing field" points at its header.
+                            if item.span() == *span {
+                                return Some(item_name);
+                            }
                         }
                     }
                     _ => {}
+                }
+                // After the items: an array of tables spans its first header, as its first item does.
+                if k.span() == *span
+                    || (v.span() == *span && !matches!(v.get_ref(), DeValue::Table(_)))
+                {
+                    return Some(name);
                 }
             }
             None
         }
         walk(self.root.get_ref(), span, "")
     }
+}
+
+/// Enough for any file a person wrote; a file that is not a beacond config at all stops here.
+const MAX_PROBLEMS: usize = 50;
+
+/// The field named by serde's "missing field `x`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// Takes the deepest key, array item or table whose span is `span` out of `value`, recording a
+/// key taken out of a table as (table span, key). False if nothing has that span.
+fn take_out(
+    value: &mut Spanned<DeValue<'_>>,
+    span: &Range<usize>,
+    taken: &mut Vec<(Range<usize>, String)>,
+) -> bool {
+    let own = value.span();
+    match value.get_mut() {
+        DeValue::Table(table) => take_out_of_table(table, own, span, taken),
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                if take_out(item, span, taken) {
+                    return true;
+                }
+            }
+            let Some(i) = items.iter().position(|item| item.span() == *span) else {
+                return false;
+            };
+            // DeArray has no `remove`; rebuilding it is cheap at config sizes.
+            *items = items
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, item)| item.clone())
+                .collect();
+            true
+        }
+        _ => false,
+    }
+}
+
+fn take_out_of_table(
+    table: &mut DeTable<'_>,
+    own: Range<usize>,
+    span: &Range<usize>,
+    taken: &mut Vec<(Range<usize>, String)>,
+) -> bool {
+    for (_, v) in table.iter_mut() {
+        if take_out(v, span, taken) {
+            return true;
+        }
+    }
+    let Some(key) = table
+        .iter()
+        .find(|(k, v)| k.span() == *span || v.span() == *span)
+        .map(|(k, _)| k.get_ref().to_string())
+    else {
+        return false;
+    };
+    table.remove(key.as_str());
+    taken.push((own, key));
+    true
 }
 
 fn first_line(s: &str) -> &str {

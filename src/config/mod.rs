@@ -591,9 +591,9 @@ impl Config {
 
     /// Parses and validates config text; on failure returns every problem found.
     ///
-    /// Syntax errors are all reported; a key of the wrong name or type stops deserialisation at the
-    /// first one (serde's limit); semantic checks run only on a file that deserialised, and all of
-    /// their problems are reported together.
+    /// Syntax errors are all reported; so are keys of the wrong name or type (each is set aside
+    /// and the rest of the file read again). Semantic checks run only on a file whose every key
+    /// deserialised, and all of their problems are reported together.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         let doc = locate::Document::parse(text)?;
         let cfg = doc.deserialize::<Config>()?;
