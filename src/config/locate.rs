@@ -333,7 +333,36 @@ fn explain(message: &str, _key: Option<&str>) -> String {
             None => format!("unknown {noun} `{given}` (valid: {valid})"),
         };
     }
-    message.to_owned()
+    plain_types(message)
+}
+
+/// Says serde's Rust type names ("expected f64", "expected struct HubConfig") in words a field
+/// engineer reads TOML in.
+fn plain_types(message: &str) -> String {
+    let Some((head, expected)) = message.rsplit_once(", expected ") else {
+        return match message {
+            "wanted string or table" => {
+                "expected one of this key's names, in quotes (the example config lists them)".into()
+            }
+            _ => message.to_owned(),
+        };
+    };
+    let words = match expected {
+        "f32" | "f64" => "a number, e.g. 2 or 2.5",
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "i8" => "a whole number from -128 to 127",
+        "i16" => "a whole number from -32768 to 32767",
+        "i32" => "a whole number from -2147483648 to 2147483647",
+        "i64" | "isize" => "a whole number",
+        "a sequence" => "an array, e.g. [1, 2] or [\"a\", \"b\"]",
+        "a boolean" => "true or false",
+        other if other.starts_with("struct ") => "a table ([section] or { key = value })",
+        other => other,
+    };
+    format!("{head}, expected {words}")
 }
 
 /// The candidate most like `given`, if any is close enough to be a plausible typo.
@@ -366,6 +395,26 @@ mod tests {
             Some("enter_rssi")
         );
         assert_eq!(closest("colour", &["enter_rssi", "exit_rssi"]), None);
+    }
+
+    #[test]
+    fn type_names_are_said_in_toml_words() {
+        assert_eq!(
+            plain_types("invalid type: string \"2\", expected f64"),
+            "invalid type: string \"2\", expected a number, e.g. 2 or 2.5"
+        );
+        assert_eq!(
+            plain_types("invalid value: integer `-3`, expected usize"),
+            "invalid value: integer `-3`, expected a whole number, 0 or more"
+        );
+        assert_eq!(
+            plain_types("invalid type: integer `5`, expected struct HubConfig"),
+            "invalid type: integer `5`, expected a table ([section] or { key = value })"
+        );
+        assert_eq!(
+            plain_types("invalid type: integer `5`, expected a string"),
+            "invalid type: integer `5`, expected a string"
+        );
     }
 
     #[test]
