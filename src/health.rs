@@ -132,6 +132,8 @@ pub struct MqttSnapshot {
     pub spool_dropped: BTreeMap<String, u64>,
     /// Of the waiting messages, those held in memory because the card refuses writes.
     pub spool_held: u64,
+    /// Messages the spool wrote to the card since start (the others were acknowledged first).
+    pub spool_written: u64,
     /// Why the card refuses the spool's writes, while it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_write_error: Option<String>,
@@ -208,6 +210,7 @@ impl Health {
                 spool_depth: h.spool_depth,
                 spool_dropped: h.spool_dropped.clone(),
                 spool_held: h.spool_held,
+                spool_written: h.spool_written,
                 spool_write_error: h.spool_write_error.clone(),
                 disk_free_bytes: h.disk_free_bytes,
                 disk_low: h.disk_low,
@@ -399,6 +402,12 @@ impl Health {
                 "spool_held",
                 "Waiting messages held in memory because the disk refuses the spool's writes",
                 m.spool_held as i64,
+            );
+            counter(
+                &mut reg,
+                "spool_written",
+                "Messages the spool wrote to the card; the others were acknowledged before their write was due",
+                m.spool_written,
             );
             let dropped = Family::<Vec<(String, String)>, Counter>::default();
             for (class, n) in &m.spool_dropped {

@@ -1,7 +1,8 @@
 //! The `mqtt` sink: the platform's view of a hub.
 //!
-//! Every record is first appended to the durable [`Spool`](super::spool::Spool). One connection task
-//! owns rumqttc's event loop and is the only one that publishes. So the order in which it hands
+//! Every record is first taken into the durable [`Spool`](super::spool::Spool), which writes it to
+//! disk unless the broker acknowledges it within 200 ms. One connection task owns rumqttc's event
+//! loop and is the only one that publishes. So the order in which it hands
 //! messages to the client is the order of the client's `Outgoing::Publish` events, and that is how a
 //! broker's PUBACK is traced back to the spool entry it acknowledges: rumqttc gives no per-message
 //! token, and [`InFlight`](super::inflight::InFlight) keeps the pairing. The task publishes with
@@ -34,7 +35,8 @@ use crate::time::Timestamp;
 pub const WINDOW: usize = 64;
 /// Schema version of every payload; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
-/// How long the sink gathers records before one flushed spool write.
+/// How long an accepted message may wait for the broker's acknowledgement before it is written to
+/// the spool on disk (one synced write for all that waits).
 const INGEST_WINDOW: Duration = Duration::from_millis(200);
 /// How long a finishing sink keeps sending before leaving the rest in the spool.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
@@ -121,6 +123,8 @@ pub struct Health {
     pub spool_dropped: std::collections::BTreeMap<String, u64>,
     /// Of the waiting messages, those held in memory because the card refuses writes.
     pub spool_held: u64,
+    /// Messages the spool wrote to the card since start.
+    pub spool_written: u64,
     /// Why the card refuses the spool's writes, while it does.
     pub spool_write_error: Option<String>,
     /// Bytes free on the card that holds the spool.
@@ -488,24 +492,41 @@ pub async fn run(
         shutdown,
         finish_rx,
     ));
-    // Ingest: gather what arrives within INGEST_WINDOW into one flushed spool write. Every flush writes
-    // whole blocks, so on an SD card a flush per event would cost kilobytes each; a record that is
-    // still in this window when the power goes was never accepted, so nothing accepted is lost.
-    let mut batch = Vec::new();
+    // Ingest: what arrives is taken into the spool's memory and handed to the connection at once;
+    // what the broker has not acknowledged INGEST_WINDOW after the first of it is written in one
+    // synced write. Every sync writes whole blocks, so on an SD card a sync per event would cost
+    // kilobytes each; a healthy broker acknowledges in milliseconds, so most messages never cost
+    // the card anything. A record still in this window when the power goes is lost unless the
+    // broker has it: the same window as gathering before writing, and no later to the platform.
     let mut sequence = Sequence::new();
     // What the status says about the card.
     let mut disk = DiskState::Ok;
+    // When what was accepted and is not yet on disk must be written.
+    let mut persist_at: Option<tokio::time::Instant> = None;
     // Measured again after every write (below); the first stats may come before any.
     health.lock().expect("health lock").disk_free_bytes = spool.lock().await.disk_free_bytes();
-    while let Some(r) = rx.recv().await {
-        let mut pending = vec![r];
-        let until = tokio::time::Instant::now() + INGEST_WINDOW;
-        while pending.len() < 512 {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(r)) => pending.push(r),
-                Ok(None) | Err(_) => break,
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            _ = sleep_until_some(persist_at) => {
+                persist_at = None;
+                let mut s = spool.lock().await;
+                s.persist().await;
+                disk = report(&s, disk, &mut settings, &health, &status_changed);
+                continue;
+            }
+        };
+        let mut pending = vec![first];
+        while pending.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => pending.push(r),
+                Err(_) => break,
             }
         }
+        let mut batch = Vec::new();
         let mut purge: Vec<String> = Vec::new();
         for r in &pending {
             if let Record::MqttTarget(t) = r {
@@ -524,7 +545,7 @@ pub async fn run(
                 continue;
             }
             if let Record::Purge(ids) = r {
-                // An opt-out: what this window still holds about them never reaches the spool, and
+                // An opt-out: what this batch still holds about them never reaches the spool, and
                 // what the spool holds is removed below.
                 batch.retain(|m: &Message| m.customer.as_ref().is_none_or(|c| !ids.contains(c)));
                 purge.extend(ids.iter().cloned());
@@ -542,21 +563,7 @@ pub async fn run(
             batch.push(m);
         }
         let mut s = spool.lock().await;
-        s.append(std::mem::take(&mut batch)).await;
-        // Against what the status says, not the spool's state before this append: a removal in
-        // the connection task may have met the full card first.
-        let free = s.disk_free_bytes();
-        let next = disk.next(s.write_error().is_some(), free, s.room_needed());
-        if next != disk {
-            // Store IT and the platform see a card in trouble in the retained status.
-            let text = disk_notice(next, &s, free);
-            if next == DiskState::Low {
-                tracing::warn!("{}", text.as_deref().unwrap_or_default());
-            }
-            settings.set_notice(SPOOL_NOTICE, text);
-            status_changed.notify_one();
-            disk = next;
-        }
+        s.accept(batch);
         for id in &purge {
             match s.purge_customer(id).await {
                 Ok(n) if n > 0 => tracing::info!(
@@ -569,24 +576,16 @@ pub async fn run(
                 }
             }
         }
-        {
-            let st = s.stats();
-            let mut h = health.lock().expect("health lock");
-            h.spool_depth = s.depth();
-            h.spool_held = s.held();
-            h.disk_free_bytes = free;
-            h.disk_low = disk == DiskState::Low;
-            h.spool_write_error = s.write_error().map(str::to_owned);
-            for p in [
-                Priority::Stats,
-                Priority::Beacons,
-                Priority::Presence,
-                Priority::Offers,
-            ] {
-                h.spool_dropped
-                    .insert(p.as_str().to_owned(), st.dropped[p as usize]);
-            }
+        if s.unwritten() >= MAX_BATCH {
+            // A backlog (the broker is away, or slower than what comes in): write it now rather
+            // than keep a window's worth of a busy store in memory.
+            persist_at = None;
+            s.persist().await;
+            disk = report(&s, disk, &mut settings, &health, &status_changed);
+        } else if s.unwritten() > 0 && persist_at.is_none() {
+            persist_at = Some(tokio::time::Instant::now() + INGEST_WINDOW);
         }
+        health.lock().expect("health lock").spool_depth = s.depth();
         drop(s);
         wake.notify_one();
     }
@@ -606,6 +605,59 @@ pub async fn run(
     let _ = spool.lock().await.flush().await;
 }
 
+/// Records from the pipeline taken into the spool at once, at most; also how many accepted and
+/// unwritten messages make a write due before its window ends.
+const MAX_BATCH: usize = 512;
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After a spool write: tells store IT and the platform about the card when its state changes
+/// (in the retained status), and updates the health counters. Returns the card's state now.
+fn report(
+    s: &Spool,
+    disk: DiskState,
+    settings: &mut Settings,
+    health: &Mutex<Health>,
+    status_changed: &Notify,
+) -> DiskState {
+    // Against what the status says, not the spool's state before this write: a removal in the
+    // connection task may have met the full card first.
+    let free = s.disk_free_bytes();
+    let next = disk.next(s.write_error().is_some(), free, s.room_needed());
+    if next != disk {
+        let text = disk_notice(next, s, free);
+        if next == DiskState::Low {
+            tracing::warn!("{}", text.as_deref().unwrap_or_default());
+        }
+        settings.set_notice(SPOOL_NOTICE, text);
+        status_changed.notify_one();
+    }
+    let st = s.stats();
+    let mut h = health.lock().expect("health lock");
+    h.spool_depth = s.depth();
+    h.spool_held = s.held();
+    h.spool_written = st.written;
+    h.disk_free_bytes = free;
+    h.disk_low = next == DiskState::Low;
+    h.spool_write_error = s.write_error().map(str::to_owned);
+    for p in [
+        Priority::Stats,
+        Priority::Beacons,
+        Priority::Presence,
+        Priority::Offers,
+    ] {
+        h.spool_dropped
+            .insert(p.as_str().to_owned(), st.dropped[p as usize]);
+    }
+    next
+}
+
 /// Adds the spool's and the connection's counters to a stats payload.
 pub fn with_sink_counters(payload: &[u8], spool: &Spool, health: &Health) -> Vec<u8> {
     let mut v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
@@ -614,6 +666,7 @@ pub fn with_sink_counters(payload: &[u8], spool: &Spool, health: &Health) -> Vec
         "depth": spool.depth(),
         "bytes": spool.bytes(),
         "held": spool.held(),
+        "written": st.written,
         // As last measured, when the spool last wrote: the same reading `disk_low` came from.
         "disk_free_bytes": health.disk_free_bytes,
         "dropped": {

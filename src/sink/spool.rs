@@ -1,6 +1,8 @@
-//! The durable outbox: every message is written here (one synced write per batch) before the MQTT
-//! client sees it, and removed only when the broker acknowledged it. After a crash or power cut
-//! everything accepted is still here and is sent on restart.
+//! The durable outbox: every message is kept here until the broker acknowledged it. The MQTT sink
+//! [`accept`](Spool::accept)s messages into memory, sends them at once, and
+//! [`persist`](Spool::persist)s what is still waiting a moment later (one synced write), so what a
+//! healthy broker acknowledges at once never costs the SD card a write. After a crash or power cut
+//! everything persisted is still here and is sent on restart.
 //!
 //! Bounded by `max_bytes`: when full, the lowest priority goes first (stats, then beacon health, then
 //! the oldest presence events; offers last), and every drop is counted.
@@ -94,6 +96,9 @@ pub struct SpoolStats {
     pub appended: u64,
     /// Messages removed after acknowledgement.
     pub acknowledged: u64,
+    /// Messages written to the card (the rest of those acknowledged never were: the broker had
+    /// them before their write was due).
+    pub written: u64,
     /// Messages dropped because the spool was full, by priority.
     pub dropped: [u64; 4],
 }
@@ -715,6 +720,7 @@ impl Spool {
         }
         // Moved in place: same numbers and priorities, so only where they are changes.
         let written = offsets.len();
+        self.stats.written += written as u64;
         self.held.clear();
         self.held_bytes = 0;
         for (seq, len, at) in offsets {
@@ -789,6 +795,37 @@ impl Spool {
     /// the first to go when nothing lower is stored). A card that refuses the write does not lose
     /// them: they are held in memory (see the module's doc) and [`Self::write_error`] says why.
     pub async fn append(&mut self, messages: Vec<Message>) -> usize {
+        let (placed, kept) = self.number(messages);
+        self.write_held(placed).await;
+        self.bound_held();
+        kept
+    }
+
+    /// Takes messages into memory, numbered and bounded as [`Self::append`] does, without writing
+    /// them: they can be sent at once, and [`Self::persist`] writes those still waiting. A message
+    /// the broker acknowledges before then never costs the card a write. Returns how many were kept.
+    pub fn accept(&mut self, messages: Vec<Message>) -> usize {
+        let (placed, kept) = self.number(messages);
+        self.held.extend(placed);
+        self.bound_held();
+        kept
+    }
+
+    /// Writes what [`Self::accept`] took and is still waiting (and anything held since a failed
+    /// write), in one synced write; nothing at all when everything was acknowledged.
+    pub async fn persist(&mut self) {
+        self.write_held(Vec::new()).await;
+        self.bound_held();
+    }
+
+    /// Messages in memory and not yet on the card: accepted and not yet persisted, or refused.
+    pub fn unwritten(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Numbers and indexes `messages` as in memory, making room by priority; returns the encoded
+    /// records of those still live and how many of `messages` were kept.
+    fn number(&mut self, messages: Vec<Message>) -> (Vec<(u64, Vec<u8>)>, usize) {
         let mut placed = Vec::new();
         let mut dropped = Vec::new();
         for m in messages {
@@ -800,9 +837,9 @@ impl Spool {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            // Indexed as in memory until the write gives it a place on disk (its record travels in
-            // `placed`, and goes to `held` only if the write fails): counted at once, so the room
-            // made for the next message counts this one.
+            // Indexed as in memory until a write gives it a place on disk (its record travels in
+            // `placed`, and goes to `held` unless written now): counted at once, so the room made
+            // for the next message counts this one.
             self.index(
                 seq,
                 Loc {
@@ -817,13 +854,10 @@ impl Spool {
             self.stats.appended += 1;
         }
         self.pending_removals.extend(dropped);
-        let kept = placed
-            .iter()
-            .filter(|(s, _)| self.live.contains_key(s))
-            .count();
-        self.write_held(placed).await;
-        self.bound_held();
-        kept
+        // A message of this batch that made room for a later one is no longer live.
+        placed.retain(|(s, _)| self.live.contains_key(s));
+        let kept = placed.len();
+        (placed, kept)
     }
 
     /// Frees space for `size` bytes of priority `p`; false if the new message is what should go.
@@ -1046,9 +1080,13 @@ impl Spool {
         self.max_bytes.saturating_sub(self.bytes)
     }
 
-    /// Messages held in memory because the card refused them.
+    /// Messages held in memory because the card refused them (while it does, what
+    /// [`Self::accept`] took since is counted too: it waits for the same write).
     pub fn held(&self) -> u64 {
-        self.held.len() as u64
+        match self.write_error {
+            Some(_) => self.held.len() as u64,
+            None => 0,
+        }
     }
 
     /// Why the card refuses writes, while it does (cleared by a write of everything held).
@@ -1200,6 +1238,49 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    fn bytes_on_disk(dir: &Path) -> u64 {
+        segment_files(dir)
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn what_is_acknowledged_before_its_write_is_due_never_reaches_the_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        {
+            let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+            assert_eq!(
+                s.accept((0..5).map(|i| msg(Priority::Presence, i)).collect()),
+                5
+            );
+            // Sendable at once, from memory, and not on the card yet.
+            assert_eq!(all(&s).len(), 5);
+            assert_eq!(bytes_on_disk(&path), 0);
+            assert_eq!(s.held(), 0, "not held for a refusing card");
+            // The broker acknowledges three before the write is due: only two are written.
+            s.remove(&[0, 1, 3]);
+            s.persist().await;
+            assert_eq!(s.stats().written, 2);
+            assert_eq!(s.stats().acknowledged, 3);
+            let on_disk = bytes_on_disk(&path);
+            assert!(on_disk > 0);
+            // Everything acknowledged: the next write due writes nothing at all.
+            s.accept(vec![msg(Priority::Offers, 5)]);
+            s.remove(&[5]);
+            s.persist().await;
+            assert_eq!(bytes_on_disk(&path), on_disk);
+            assert_eq!(s.stats().written, 2);
+            // Dropped without a flush, as a crash would: what was written is there.
+        }
+        let (s, r) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(r.recovered, 2);
+        let got = all(&s);
+        assert_eq!(got[0].message, msg(Priority::Presence, 2));
+        assert_eq!(got[1].message, msg(Priority::Presence, 4));
     }
 
     #[tokio::test]
