@@ -212,7 +212,7 @@ fn a_clean_shutdown_says_offline_itself() {
 fn with_the_broker_up_acknowledged_messages_are_not_written_to_the_card() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    let sub = Subscriber::start(broker.port, "platform-5", "beacond/+/+/stats", true);
+    let sub = Subscriber::start(broker.port, "platform-7", "beacond/+/+/stats", true);
     let cfg = daemon_config(dir.path(), "s5", &broker.url(), 200.0);
     let mut daemon = start_daemon(&cfg);
     let stats = |m: &[(String, Value, bool)]| -> Option<(u64, u64)> {

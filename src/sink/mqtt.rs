@@ -576,9 +576,10 @@ pub async fn run(
                 }
             }
         }
-        if s.unwritten() >= MAX_BATCH {
+        if s.unwritten() >= MAX_BATCH && s.write_error().is_none() {
             // A backlog (the broker is away, or slower than what comes in): write it now rather
-            // than keep a window's worth of a busy store in memory.
+            // than keep a window's worth of a busy store in memory. A card that refuses writes is
+            // tried once a window, not on every record.
             persist_at = None;
             s.persist().await;
             disk = report(&s, disk, &mut settings, &health, &status_changed);

@@ -1274,6 +1274,16 @@ mod tests {
             s.persist().await;
             assert_eq!(bytes_on_disk(&path), on_disk);
             assert_eq!(s.stats().written, 2);
+            // A card that refuses the write: what waits is held, and counted as held, until it
+            // takes it.
+            s.fail_writes = true;
+            s.accept(vec![msg(Priority::Offers, 6)]);
+            s.persist().await;
+            assert_eq!((s.held(), s.stats().written), (1, 2));
+            s.fail_writes = false;
+            s.persist().await;
+            assert_eq!((s.held(), s.stats().written), (0, 3));
+            s.remove(&[6]);
             // Dropped without a flush, as a crash would: what was written is there.
         }
         let (s, r) = Spool::open(&path, 1 << 20).unwrap();
