@@ -269,7 +269,7 @@ impl SyncState {
     }
 
     /// The cache could not take `accepted` (a card that cannot write): it is asked for again like
-    /// a gap, first after [`RETRY_FIRST_MS`] and then with backoff, until a batch fills it.
+    /// a gap, first after `RETRY_FIRST_MS` and then with backoff, until a batch fills it.
     pub fn apply_failed(&mut self, now: Timestamp, accepted: &Accepted) {
         let (Accepted::Delta { seq, .. } | Accepted::Chunk { seq, .. }) = accepted;
         self.newest_seen = self.newest_seen.max(*seq);

@@ -13,10 +13,10 @@
 //!   `absence_timeout_s` (inclusive: exactly at the boundary counts), or sooner when that silence is
 //!   many times the device's own usual gap between adverts (`silence_gaps`); a drop another hub corroborates
 //!   (it hears the device coming closer) is anticipated along its trend, one nothing corroborates must
-//!   go a little further (see [`leaves`]);
+//!   go a little further (see `leaves`);
 //! - when several zones qualify, the strongest smoothed signal wins, and a customer inside a zone only
 //!   moves to another one that is `switch_margin_db` stronger (twice that when neither signal's
-//!   trend shows a walk, see [`switch_margin`]), so standing on a boundary does not ping-pong.
+//!   trend shows a walk, see `switch_margin`), so standing on a boundary does not ping-pong.
 //!   Between nested zones of one hub, the tighter zone (higher `enter_rssi`) wins.
 //!
 //! Anonymous devices go through the same logic but only ever feed [`Headcount`]s.

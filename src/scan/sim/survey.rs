@@ -4,7 +4,7 @@
 //! reference device, not from the ground truth. Choosing them by scoring runs against the truth
 //! fits them to the engine (and to the comparison with the baseline), which no field engineer can
 //! do. So the survey does what the field guide tells an engineer to do, through the same radio the
-//! shoppers meet ([`super::receive`]): a reference fob in hand, 1 m from the hub, then walked once
+//! shoppers meet (`receive` in the simulator): a reference fob in hand, 1 m from the hub, then walked once
 //! around the area's edge, then once around a circle [`OUTSIDE_M`] beyond it; and it hands the three
 //! phases to the product's own calibration arithmetic ([`crate::field::calibrate::suggest`]).
 //! `tests/simulate.rs` holds every shipped scenario to what its survey suggests.
