@@ -144,7 +144,7 @@ fn main() {
         "endurance: {name} ({per_lap:.0} adverts per {lap_h} h lap, every hub in one daemon) at {speed}× for {hours} store hours, MQTT to mosquitto on loopback"
     );
     println!(
-        "{:>7} {:>8} {:>8} {:>8} {:>7} {:>5} {:>9} {:>9} {:>8} {:>7} {:>10} {:>9} {:>9}",
+        "{:>7} {:>8} {:>8} {:>8} {:>7} {:>5} {:>9} {:>9} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9}",
         "wall_s",
         "store_h",
         "rss_MiB",
@@ -156,6 +156,7 @@ fn main() {
         "disk_MiB",
         "cpu_%",
         "acked",
+        "on_card",
         "spool",
         "tracked"
     );
@@ -182,7 +183,7 @@ fn main() {
         let disk = disk::device_bytes() - disk0;
         acked = s["mqtt"]["acknowledged"].as_u64().unwrap_or(acked);
         println!(
-            "{:>7.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>5} {:>9.0} {:>9.1} {:>8.1} {:>7.0} {:>10} {:>9} {:>9}",
+            "{:>7.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>5} {:>9.0} {:>9.1} {:>8.1} {:>7.0} {:>10} {:>9} {:>9} {:>9}",
             wall,
             store_h,
             r as f64 / 1024.0,
@@ -194,6 +195,8 @@ fn main() {
             mib(disk),
             100.0 * (cpu - last_cpu) / (wall - last_t),
             acked,
+            // Of them, those the spool wrote to the card (not acknowledged within 200 ms).
+            s["mqtt"]["spool_written"].as_u64().unwrap_or(0),
             s["mqtt"]["spool_depth"].as_u64().unwrap_or(0),
             s["tracked"].as_u64().unwrap_or(0),
         );
@@ -229,8 +232,9 @@ fn main() {
         hours / 2.0,
         half(true)
     );
-    // At speed a batch gathers more messages than in real time, so these are the least a store day
-    // costs; run with SPEED=1 for what a card sees in a store.
+    // What is batched by wall time (the spool's 200 ms, sled's own flushes) covers more messages
+    // at speed than in real time, so these are the least a store day costs; run with SPEED=1 for
+    // what a card sees in a store.
     let per = |b: u64| {
         format!(
             "{:.1} MiB per store day, {:.0} bytes per message",

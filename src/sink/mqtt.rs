@@ -1,15 +1,14 @@
 //! The `mqtt` sink: the platform's view of a hub.
 //!
-//! Every record is first taken into the durable [`Spool`], which writes it to
-//! disk unless the broker acknowledges it within 200 ms. One connection task owns rumqttc's event
-//! loop and is the only one that publishes. So the order in which it hands
-//! messages to the client is the order of the client's `Outgoing::Publish` events, and that is how a
-//! broker's PUBACK is traced back to the spool entry it acknowledges: rumqttc gives no per-message
-//! token, and [`InFlight`] keeps the pairing. The task publishes with
-//! `try_publish` and never awaits the request channel from the task that polls (that deadlocks when
-//! the channel is full). It keeps at most [`WINDOW`] messages in flight, and after every ConnAck it
-//! replays the spool from the start, since a clean session drops whatever was in flight. Reconnects
-//! back off exponentially with jitter, forever.
+//! Every record is first taken into the durable [`Spool`], which writes it to disk unless the broker
+//! acknowledges it within 200 ms. One connection task owns rumqttc's event loop and is the only one
+//! that publishes. So the order in which it hands messages to the client is the order of the
+//! client's `Outgoing::Publish` events, and that is how a broker's PUBACK is traced back to the spool
+//! entry it acknowledges: rumqttc gives no per-message token, and [`InFlight`] keeps the pairing.
+//! The task publishes with `try_publish` and never awaits the request channel from the task that
+//! polls (that deadlocks when the channel is full). It keeps at most [`WINDOW`] messages in flight,
+//! and after every ConnAck it replays the spool from the start, since a clean session drops
+//! whatever was in flight. Reconnects back off exponentially with jitter, forever.
 //!
 //! Topics (`{prefix}/{store}/{hub}/…`) and payloads are documented in `docs/mqtt.md` and
 //! `docs/asyncapi.yaml`.

@@ -681,7 +681,7 @@ impl Spool {
 
     /// Writes everything held in memory, then `new` (numbered and indexed as held, newer than
     /// all held), and the pending removals, in one synced write. On failure all of it stays held,
-    /// to be tried again with the next append.
+    /// to be tried again with the next write.
     async fn write_held(&mut self, new: Vec<(u64, Vec<u8>)>) {
         // A message of `new` that made room for a later one is no longer live.
         let new: Vec<(u64, Vec<u8>)> = new
