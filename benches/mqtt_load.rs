@@ -1,6 +1,7 @@
 //! End-to-end load generator for the MQTT sink: how fast the spool accepts events, how many bytes it
-//! writes to disk per event (SD card wear), and how fast a backlog drains to a local Mosquitto after an
-//! outage. Needs `mosquitto` (scripts/test installs it).
+//! writes to disk per event (SD card wear), how fast a backlog drains to a local Mosquitto after an
+//! outage, and how long a steady trickle of events takes from the sink to a subscriber. Needs
+//! `mosquitto` (scripts/test installs it).
 //!
 //! Run: `cargo bench --bench mqtt_load` (EVENTS=100000 by default). Results go in docs/PERFORMANCE.md.
 
@@ -106,6 +107,9 @@ fn main() {
         // 2. Drain: the broker is back; a subscriber counts what arrives.
         let got = Arc::new(AtomicU64::new(0));
         let counter = got.clone();
+        // When each presence event reached the platform's subscriber, for the trickle's latency.
+        let arrivals = Arc::new(Mutex::new(Vec::<Instant>::new()));
+        let arrived = arrivals.clone();
         let mut opts = MqttOptions::new("bench-sub", "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         let (sub, mut ev) = AsyncClient::new(opts, 100);
@@ -115,6 +119,7 @@ fn main() {
                 if let Event::Incoming(Packet::Publish(p)) = e {
                     if p.topic.ends_with("/presence") {
                         counter.fetch_add(1, Ordering::Relaxed);
+                        arrived.lock().unwrap().push(Instant::now());
                     }
                 }
             }
@@ -145,7 +150,9 @@ fn main() {
         // Let the kernel write back what the phases above left, so the disk counter sees the trickle.
         tokio::time::sleep(Duration::from_secs(env_or("SETTLE_S", 5))).await;
         let (before, device_before) = (write_bytes(), device_bytes());
+        let mut sent = Vec::with_capacity(trickle as usize);
         for i in 0..trickle {
+            sent.push(Instant::now());
             tx.send(record(events + i)).await.unwrap();
             tokio::time::sleep(Duration::from_micros(1_000_000 / per_s)).await;
         }
@@ -156,6 +163,22 @@ fn main() {
             "trickle at {per_s} events/s: {written} bytes written for {trickle} events = {:.0} bytes/event; disk received {device} bytes = {:.0} bytes/event",
             written as f64 / trickle as f64,
             device as f64 / trickle as f64
+        );
+        // From the pipeline's hand-off to the platform's subscriber: events arrive in order, so the
+        // n-th of the trickle's arrivals is its n-th event.
+        let mut ms: Vec<f64> = arrivals.lock().unwrap()[events as usize..]
+            .iter()
+            .zip(&sent)
+            .map(|(got, sent)| got.duration_since(*sent).as_secs_f64() * 1000.0)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "trickle latency, sink to subscriber ({} events): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
         );
         drop(tx);
         trigger.fire();

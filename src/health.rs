@@ -586,6 +586,7 @@ mod tests {
             connected: true,
             spool_depth: 12,
             spool_held: 5,
+            spool_written: 40,
             spool_write_error: Some("No space left on device (os error 28)".into()),
             last_loop_ms: Timestamp::now().0,
             ..Default::default()
@@ -605,6 +606,7 @@ mod tests {
             "{line}"
         );
         assert!(h.metrics(now).contains("beacond_spool_held 5"));
+        assert!(h.metrics(now).contains("beacond_spool_written_total 40"));
         {
             let mut m = h.mqtt.as_ref().unwrap().lock().unwrap();
             m.spool_write_error = None;
