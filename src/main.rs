@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 use beacond::config::{Config, ConfigError};
 
+mod manual;
+
 /// beacond: Bluetooth LE presence for in-store hubs.
 ///
 /// Scans beacons and opted-in app advertisements, decides who is in which zone, fires offer
@@ -227,6 +229,22 @@ enum Command {
         /// Where to write the secret key (created with mode 0600).
         file: PathBuf,
     },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// The Debian package installs those for bash, zsh and fish. Elsewhere, e.g.:
+    /// `beacond completions bash > ~/.local/share/bash-completion/completions/beacond`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (beacond.1 and one per command) into DIR.
+    ///
+    /// The Debian package installs them; for a hub installed from a bare binary,
+    /// `sudo beacond man /usr/local/share/man/man1`.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// The daemon's config file, where every command that reads it looks by default.
@@ -442,6 +460,17 @@ fn main() -> ExitCode {
             files,
         } => sync_publish(&key, &url, &prefix, chunk_size, print, &files),
         Command::SyncKeygen { file } => sync_keygen(&file),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            manual::completions(&mut Cli::command(), shell, &mut std::io::stdout().lock());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            manual::write_pages(Cli::command(), &dir)
+                .map(|_| ExitCode::SUCCESS)
+                .with_context(|| format!("writing man pages to {}", dir.display()))
+        }
         Command::Status { config, json } => status(&config.config, json),
         Command::Offers {
             action:

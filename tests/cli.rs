@@ -733,3 +733,158 @@ fn simulate_set_changes_one_setting_of_the_store_for_the_run() {
             "radio.body_loss_db: -3 is out of range: a loss in dB, 0 or more",
         ));
 }
+
+/// The files under `dir`, by name, with their contents.
+fn files_in(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect()
+}
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn the_packaged_man_pages_and_completions_match_the_binary() {
+    let stale = "is out of date with the command line: run scripts/gen-man and commit the result";
+    let dir = tempfile::tempdir().unwrap();
+    beacond().arg("man").arg(dir.path()).assert().success();
+    let generated = files_in(dir.path());
+    let shipped = files_in(&std::path::Path::new(ROOT).join("docs/man"));
+    assert_eq!(
+        generated.keys().collect::<Vec<_>>(),
+        shipped.keys().collect::<Vec<_>>(),
+        "docs/man {stale}"
+    );
+    for (name, text) in &generated {
+        assert!(shipped[name] == *text, "docs/man/{name} {stale}");
+    }
+    for (shell, file) in [
+        ("bash", "beacond.bash"),
+        ("zsh", "_beacond"),
+        ("fish", "beacond.fish"),
+    ] {
+        let out = beacond().args(["completions", shell]).assert().success();
+        let script = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        let shipped = std::fs::read_to_string(format!("{ROOT}/docs/completions/{file}")).unwrap();
+        assert!(script == shipped, "docs/completions/{file} {stale}");
+    }
+}
+
+#[test]
+fn every_command_has_a_man_page_its_parent_page_points_to() {
+    let pages = files_in(&std::path::Path::new(ROOT).join("docs/man"));
+    let help = beacond().arg("--help").assert().success();
+    let help = String::from_utf8_lossy(&help.get_output().stdout).into_owned();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        // A command's line starts two spaces in; its wrapped description further.
+        .filter_map(|l| l.strip_prefix("  ").filter(|l| !l.starts_with(' ')))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() > 10, "{help}");
+    for c in &commands {
+        assert!(
+            pages.contains_key(&format!("beacond-{c}.1")),
+            "no page for {c}"
+        );
+    }
+    for name in pages.keys() {
+        let stem = name.trim_end_matches(".1");
+        if stem == "beacond" {
+            continue;
+        }
+        let parent = stem.rsplit_once('-').map(|(p, _)| p).unwrap();
+        // beacond-check-config's parent is beacond, not beacond-check.
+        let parent = if pages.contains_key(&format!("{parent}.1")) {
+            parent
+        } else {
+            "beacond"
+        };
+        let escaped = stem.replace('-', "\\-");
+        assert!(
+            pages[&format!("{parent}.1")].contains(&format!("{escaped}(1)")),
+            "{parent}(1) does not point to {stem}(1)"
+        );
+    }
+    // What --help has no room for: where the files are, what the signals and exit codes mean.
+    let main = &pages["beacond.1"];
+    for needle in [
+        ".SH FILES",
+        "/etc/beacond/beacond.toml",
+        "/var/lib/beacond/spool",
+        ".SH SIGNALS",
+        "SIGHUP",
+        ".SH \"EXIT STATUS\"",
+        "BEACOND_CONFIG",
+    ] {
+        assert!(main.contains(needle), "beacond.1 lacks {needle}");
+    }
+}
+
+#[test]
+fn the_man_pages_render_without_warnings() {
+    for name in files_in(&std::path::Path::new(ROOT).join("docs/man")).keys() {
+        // -k runs preconv first, as man(1) does, so UTF-8 in help text is fine.
+        let out = StdCommand::new("groff")
+            .args(["-k", "-man", "-ww", "-z", "-Tutf8"])
+            .arg(format!("{ROOT}/docs/man/{name}"))
+            .output()
+            .expect("groff (scripts/test installs groff-base)");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// What bash offers after `words` (the last one being completed), with the packaged script.
+fn bash_completes(words: &[&str]) -> Vec<String> {
+    let script = format!(
+        "source {ROOT}/docs/completions/beacond.bash\n\
+         COMP_WORDS=({words})\n\
+         COMP_CWORD={cword}\n\
+         _beacond beacond {cur} {prev}\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        words = words.join(" "),
+        cword = words.len() - 1,
+        cur = words[words.len() - 1],
+        prev = words[words.len() - 2],
+    );
+    let out = StdCommand::new("bash")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_commands_options_and_their_values() {
+    assert_eq!(bash_completes(&["beacond", "che"]), ["check-config"]);
+    assert_eq!(
+        bash_completes(&["beacond", "simulate", "--fi"]),
+        ["--filter"]
+    );
+    assert_eq!(
+        bash_completes(&["beacond", "simulate", "--filter", "k"]),
+        ["kalman_trend", "kalman"]
+    );
+    assert_eq!(bash_completes(&["beacond", "cache", "ex"]), ["export"]);
+}

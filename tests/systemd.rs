@@ -27,9 +27,19 @@ fn unit_under_test(dir: &Path) -> std::path::PathBuf {
 fn the_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_under_test(dir.path());
+    // verify also opens the unit's Documentation=man:beacond(1): find it where the package puts
+    // the page it ships from docs/man.
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/docs/man/beacond.1"),
+        man1.join("beacond.1"),
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)
+        .env("MANPATH", dir.path().join("man"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
