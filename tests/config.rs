@@ -278,6 +278,100 @@ zones = "till"
 }
 
 #[test]
+fn range_mistakes_show_in_the_same_run_as_typos_where_the_file_was_read_as_written() {
+    let text = r#"[hub]
+store_id = "s1"
+hub_id = 4
+[presence]
+max_tracked = 0
+[mqtt]
+urll = "mqtt://broker:1883"
+[[zones]]
+id = "till"
+[[zones]]
+id = "door"
+enter_rssi = -70
+exit_rssi = -60
+[[offers]]
+id = "o1"
+zones = ["tll"]
+"#;
+    let problems = Config::parse(text).unwrap_err();
+    let got: Vec<(&str, usize)> = problems
+        .iter()
+        .map(|p| (p.key.as_str(), p.at.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("hub.hub_id", 3),
+            ("presence.max_tracked", 5),
+            ("mqtt.urll", 7),
+            ("zones[1].exit_rssi", 13),
+            ("offers[0].zones[0]", 16),
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[1].message.contains("at least 1"));
+    assert!(problems[3]
+        .message
+        .contains("must be below enter_rssi (-70)"));
+    assert!(problems[4].message.contains("did you mean \"till\"?"));
+}
+
+#[test]
+fn no_range_problem_is_reported_about_what_was_set_aside() {
+    // The first zone's id is a number, so the zone is set aside and the second becomes the
+    // first of what was read: a range problem found there must not be named zones[0]. The
+    // offer names the set-aside zone, which is there in the file. The hub's mistake is in a
+    // table read as written and is reported.
+    let text = r#"[hub]
+store_id = "s/1"
+[[zones]]
+id = 5
+[[zones]]
+id = "door"
+enter_rssi = -70
+exit_rssi = -60
+[[offers]]
+id = "o1"
+zones = ["5"]
+"#;
+    let problems = Config::parse(text).unwrap_err();
+    let got: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(got, ["hub.store_id", "zones[0].id"], "{problems:#?}");
+
+    // A misspelt key in a zone: the zone's exit_rssi is the default (-80), above its enter_rssi,
+    // and saying so would be about a value the engineer never wrote. Nor are offers checked
+    // against a zone that was not read as written. The other zone is checked.
+    let text = r#"[[zones]]
+id = "till"
+enter_rssi = -90
+exit_rsi = -98
+[[zones]]
+id = "door"
+enter_rssi = -70
+exit_rssi = -60
+[[offers]]
+id = "o1"
+zones = ["tll"]
+"#;
+    let problems = Config::parse(text).unwrap_err();
+    let got: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        got,
+        ["zones[0].exit_rsi", "zones[1].exit_rssi"],
+        "{problems:#?}"
+    );
+
+    // A misspelt section: everything else is read with it missing, so no range check runs.
+    let problems =
+        Config::parse("[presense]\nmax_tracked = 0\n[hub]\nstore_id = \"s/1\"\n").unwrap_err();
+    let got: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(got, ["presense"], "{problems:#?}");
+}
+
+#[test]
 fn unreadable_file_is_a_clear_error() {
     beacond()
         .args(["check-config", "/nonexistent/beacond.toml"])

@@ -270,6 +270,22 @@ fn scenario_errors_name_the_line_and_key() {
 }
 
 #[test]
+fn a_scenario_typo_and_its_broken_references_show_in_one_run() {
+    let text = "name = \"x\"\nduration_s = 10\n[[hubs]]\nid = \"h\"\nx = 0.0\ny = 0.0\n\
+                [[zones]]\nid = \"z\"\n[[areas]]\nzone = \"zz\"\nx = 0.0\ny = 0.0\nradius_m = 1.0\n\
+                [shoppers]\ncount = 1\narrival_window_s = 1\nentrance = [0.0, 0.0]\n\
+                [radio]\nshadowing_sigma = 3.0\n";
+    let err = Scenario::parse(text, "x.toml").unwrap_err().to_string();
+    for line in [
+        "x.toml:19:1: radio.shadowing_sigma: unknown key",
+        "x.toml:10:1: areas[0].zone: no zone has id \"zz\"",
+        "x.toml:8:1: zones[0].id: zone \"z\" has no [[areas]] entry",
+    ] {
+        assert!(err.contains(line), "{line} not in {err}");
+    }
+}
+
+#[test]
 fn supermarket_offers_fire_per_rule_and_never_repeat_within_cooldown() {
     let r = report("supermarket");
     let o = r.offers.expect("the supermarket has offer rules");

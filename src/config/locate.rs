@@ -110,32 +110,74 @@ impl<'a> Document<'a> {
             .collect())
     }
 
-    /// Deserialises the document, turning every type or unknown-key error into a located problem.
+    /// Deserialises the document and checks it, turning every type or unknown-key error and every
+    /// problem `semantic` finds into a located problem.
     ///
     /// serde stops at the first error, so a field engineer with three typos would fix them one
     /// `check-config` at a time. Instead, each error's key (or array item) is taken out of a copy
     /// of the document and deserialisation is tried again, until it succeeds or nothing more can
     /// be taken out. Problems are named from the original document, so keys and array indices are
     /// those of the file even after an item before them was taken out.
-    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Vec<Problem>> {
+    ///
+    /// The semantic checks then run on what was read, so a range mistake shows in the same run as
+    /// a typo. Their problems are kept only where the file was read as written: not in a table
+    /// that lost a key (a default stands in for it, and "exit_rssi must be below enter_rssi"
+    /// about a default the engineer never wrote would mislead), not in an array that lost an item
+    /// (the indices would be off), not anywhere when a top-level key was taken out, and not in
+    /// a table `depends` says refers to a table that lost something (`("offers", "zones")`: an
+    /// offer's zone ids are checked against the zones).
+    pub fn check<T: DeserializeOwned>(
+        &self,
+        semantic: impl FnOnce(&T) -> Vec<(KeyPath, String)>,
+        depends: &[(&str, &str)],
+    ) -> Result<T, Vec<Problem>> {
+        let (value, mut problems, touched) = self.recover::<T>();
+        let Some(value) = value else {
+            return Err(problems);
+        };
+        // A path is read as written when nothing was taken out of it, of what holds it, or of
+        // what it holds (a problem about a whole table may be about any of its keys).
+        let intact = |path: &str| !touched.iter().any(|t| within(path, t) || within(t, path));
+        problems.extend(
+            semantic(&value)
+                .into_iter()
+                .filter(|(path, _)| {
+                    let path = path.to_string();
+                    intact(&path)
+                        && depends
+                            .iter()
+                            .all(|(table, on)| !within(&path, table) || intact(on))
+                })
+                .map(|(path, message)| self.problem_at(&path, message)),
+        );
+        if problems.is_empty() {
+            return Ok(value);
+        }
+        problems.sort_by_key(|p| p.at);
+        Err(problems)
+    }
+
+    /// Deserialises with recovery (see [`Document::check`]): the value, if one could be read at
+    /// all, the problems, and the paths of the tables and arrays something was taken out of.
+    fn recover<T: DeserializeOwned>(&self) -> (Option<T>, Vec<Problem>, Vec<String>) {
         let mut root = self.root.clone();
         let mut problems = Vec::new();
+        let mut touched = Vec::new();
         // Keys taken out because their value was wrong, by the span of their table: the
         // "missing field" that taking out a required key causes is not a second problem.
         let mut taken: Vec<(Range<usize>, String)> = Vec::new();
         loop {
             let de = toml::de::Deserializer::from(root.clone());
             let e = match T::deserialize(de) {
-                Ok(value) if problems.is_empty() => return Ok(value),
-                Ok(_) => break,
+                Ok(value) => return (Some(value), problems, touched),
                 Err(e) => e,
             };
             let span = e.span().unwrap_or(0..0);
             let message = first_line(e.message());
             let caused_by_us = missing_field(message)
                 .is_some_and(|field| taken.iter().any(|(t, k)| *t == span && k == field));
+            let key = self.key_at(&span);
             if !caused_by_us {
-                let key = self.key_at(&span);
                 problems.push(Problem {
                     at: LineCol::of(self.text, span.start),
                     key: key.clone().unwrap_or_else(|| "(document)".into()),
@@ -149,9 +191,10 @@ impl<'a> Document<'a> {
             {
                 break;
             }
+            touched.push(key.as_deref().map_or("", parent).to_owned());
         }
         problems.sort_by_key(|p| p.at);
-        Err(problems)
+        (None, problems, touched)
     }
 
     /// A problem for `path`, located at the key if it is in the file, else at the nearest enclosing
@@ -240,6 +283,18 @@ impl<'a> Document<'a> {
         }
         walk(self.root.get_ref(), span, "")
     }
+}
+
+/// The table or array holding `path` ("zones[0].exit_rssi" → "zones[0]", "zones[1]" → "zones",
+/// "bogus" → "", the whole document).
+fn parent(path: &str) -> &str {
+    path.rfind(['.', '[']).map_or("", |i| &path[..i])
+}
+
+/// Whether `path` is `table` or inside it; everything is inside "", the whole document.
+fn within(path: &str, table: &str) -> bool {
+    path.strip_prefix(table)
+        .is_some_and(|rest| table.is_empty() || rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// Enough for any file a person wrote; a file that is not a beacond config at all stops here.
@@ -378,6 +433,21 @@ pub fn closest<'c>(given: &str, candidates: &[&'c str]) -> Option<&'c str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_within_its_tables_and_arrays_not_their_neighbours() {
+        assert_eq!(parent("zones[0].exit_rssi"), "zones[0]");
+        assert_eq!(parent("zones[1]"), "zones");
+        assert_eq!(parent("presence.filter"), "presence");
+        assert_eq!(parent("bogus"), "");
+        assert!(within("zones[0].exit_rssi", "zones[0]"));
+        assert!(within("zones[0].exit_rssi", "zones"));
+        assert!(within("zones", "zones"));
+        assert!(within("presence.filter", ""));
+        assert!(!within("zones[10].id", "zones[1]"));
+        assert!(!within("zones_extra", "zones"));
+        assert!(!within("zones", "zones[0]"));
+    }
 
     #[test]
     fn line_and_column_are_one_based_and_count_characters() {

@@ -592,21 +592,11 @@ impl Config {
     /// Parses and validates config text; on failure returns every problem found.
     ///
     /// Syntax errors are all reported; so are keys of the wrong name or type (each is set aside
-    /// and the rest of the file read again). Semantic checks run only on a file whose every key
-    /// deserialised, and all of their problems are reported together.
+    /// and the rest of the file read again), and with them the semantic problems of every table
+    /// that was read as written.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         let doc = locate::Document::parse(text)?;
-        let cfg = doc.deserialize::<Config>()?;
-        let mut problems: Vec<Problem> = validate::validate(&cfg)
-            .into_iter()
-            .map(|(path, message)| doc.problem_at(&path, message))
-            .collect();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            problems.sort_by_key(|p| p.at);
-            Err(problems)
-        }
+        doc.check(validate::validate, &[("offers", "zones")])
     }
 
     /// The MQTT client id, derived from the hub's identity unless set.

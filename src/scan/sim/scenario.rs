@@ -348,17 +348,14 @@ impl Scenario {
             problems,
         };
         let doc = Document::parse(text).map_err(invalid)?;
-        let sc: Scenario = doc.deserialize().map_err(invalid)?;
-        let problems: Vec<Problem> = sc
-            .problems()
-            .into_iter()
-            .map(|(path, msg)| doc.problem_at(&path, msg))
-            .collect();
-        if problems.is_empty() {
-            Ok(sc)
-        } else {
-            Err(invalid(problems))
-        }
+        // Zones name their hub and are placed by areas; offers name zones.
+        let depends = [
+            ("zones", "hubs"),
+            ("zones", "areas"),
+            ("areas", "zones"),
+            ("offers", "zones"),
+        ];
+        doc.check(Scenario::problems, &depends).map_err(invalid)
     }
 
     /// The same store run for `duration_s` instead of its own duration: shoppers keep arriving at
