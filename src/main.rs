@@ -33,6 +33,11 @@ enum Command {
     CheckConfig {
         /// The config file.
         file: PathBuf,
+        /// Instead of the summary, print the config as the daemon would use it, as TOML: every key
+        /// the file leaves out at its default, and what each zone inherits from [presence] and
+        /// [hub] written out.
+        #[arg(long)]
+        effective: bool,
     },
     /// Decode advertising payloads given as hex: one JSON object per input, in order.
     ///
@@ -416,7 +421,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config.config),
-        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::CheckConfig { file, effective } => Ok(check_config(&file, effective)),
         Command::Decode { payloads } => decode(payloads),
         Command::Simulate {
             scenario,
@@ -638,8 +643,17 @@ fn run_until_signal(
     })
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
+fn check_config(path: &std::path::Path, effective: bool) -> ExitCode {
     match Config::load(path) {
+        Ok(cfg) if effective => {
+            println!(
+                "# {}, as beacond {} uses it: defaults and inherited values written out.",
+                path.display(),
+                env!("CARGO_PKG_VERSION")
+            );
+            print!("{}", cfg.effective().to_toml());
+            ExitCode::SUCCESS
+        }
         Ok(cfg) => {
             println!("{}: OK", path.display());
             println!("{}", cfg.summary());

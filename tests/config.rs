@@ -35,6 +35,76 @@ fn defaults_are_valid_and_an_empty_file_is_a_valid_config() {
     assert_eq!(Config::parse("").unwrap(), Config::default());
 }
 
+#[test]
+fn the_effective_config_writes_out_defaults_and_inherited_values_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "hub.toml",
+        "[hub]\nhub_id = \"north\"\n[presence]\nmeasured_power = -61\n\
+         [[zones]]\nid = \"till\"\nenter_rssi = -66\nexit_rssi = -76\n\
+         [[zones]]\nid = \"door\"\nhub = \"south\"\nmeasured_power = -55\n",
+    );
+    let out = beacond()
+        .args(["check-config", "--effective"])
+        .arg(&file)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let effective = Config::parse(&text).unwrap_or_else(|p| panic!("{p:?}\n{text}"));
+    let till = &effective.zones[0];
+    // What the file said, what it left at the default, and what the zone inherits.
+    assert_eq!((till.enter_rssi, till.exit_rssi), (-66, -76));
+    assert_eq!(till.absence_timeout_s, 15.0);
+    assert_eq!(till.dwell_marks_s, [30, 120, 300]);
+    assert_eq!(till.name.as_deref(), Some("till"));
+    assert_eq!(till.hub.as_deref(), Some("north"));
+    assert_eq!(till.measured_power, Some(-61));
+    assert_eq!(
+        till.path_loss_exponent,
+        Some(effective.presence.path_loss_exponent)
+    );
+    // A zone's own values win over what it would inherit.
+    let door = &effective.zones[1];
+    assert_eq!(door.hub.as_deref(), Some("south"));
+    assert_eq!(door.measured_power, Some(-55));
+    assert_eq!(
+        effective.mqtt.client_id.as_deref(),
+        Some("beacond-store-1-north")
+    );
+    assert!(text.contains("absence_timeout_s = 15.0"), "{text}");
+
+    // Read back, it is the config the daemon runs, and writing it out again changes nothing.
+    let original = Config::load(&file).unwrap();
+    assert_eq!(effective, original.effective());
+    assert_eq!(effective.effective(), effective);
+    // So do the example and the simulated stores (offers, several hubs, every filter).
+    let mut configs = vec![(EXAMPLE.to_owned(), Config::load(EXAMPLE.as_ref()).unwrap())];
+    for name in ["boutique", "supermarket", "hard", "pharmacy", "electronics"] {
+        let sc = beacond::scan::sim::Scenario::load(&format!("builtin:{name}")).unwrap();
+        configs.push((name.to_owned(), sc.as_config()));
+    }
+    for (name, cfg) in configs {
+        let cfg = cfg.effective();
+        assert_eq!(Config::parse(&cfg.to_toml()).unwrap(), cfg, "{name}");
+    }
+}
+
+#[test]
+fn the_effective_config_of_a_bad_file_is_its_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "bad.toml", "[[zones]]\nid = \"a\"\nenter_rsi = -70\n");
+    beacond()
+        .args(["check-config", "--effective"])
+        .arg(&file)
+        .assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicate::str::contains("zones[0].enter_rsi"));
+}
+
 /// Every key of every section must be documented in the example, so nobody has to read the source.
 #[test]
 fn example_documents_every_key() {

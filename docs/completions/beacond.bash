@@ -420,7 +420,7 @@ _beacond() {
             return 0
             ;;
         beacond__subcmd__check__subcmd__config)
-            opts="-h -V --help --version"
+            opts="-h -V --effective --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -46,6 +46,7 @@ complete -c beacond -n "__fish_beacond_needs_command" -f -a "help" -d 'Print thi
 complete -c beacond -n "__fish_beacond_using_subcommand run" -s c -l config -d 'The config file' -r -F
 complete -c beacond -n "__fish_beacond_using_subcommand run" -s h -l help -d 'Print help'
 complete -c beacond -n "__fish_beacond_using_subcommand run" -s V -l version -d 'Print version'
+complete -c beacond -n "__fish_beacond_using_subcommand check-config" -l effective -d 'Instead of the summary, print the config as the daemon would use it, as TOML: every key the file leaves out at its default, and what each zone inherits from [presence] and [hub] written out'
 complete -c beacond -n "__fish_beacond_using_subcommand check-config" -s h -l help -d 'Print help'
 complete -c beacond -n "__fish_beacond_using_subcommand check-config" -s V -l version -d 'Print version'
 complete -c beacond -n "__fish_beacond_using_subcommand decode" -s h -l help -d 'Print help (see more with \'--help\')'

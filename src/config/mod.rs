@@ -599,6 +599,31 @@ impl Config {
         doc.check(validate::validate, &[("offers", "zones")])
     }
 
+    /// The config as the daemon uses it: what the file left out at its default, and what a zone
+    /// inherits (its name, its hub, its measured power and path-loss exponent) and the MQTT client
+    /// id written out. `beacond check-config --effective` prints it, so "which exit_rssi does the
+    /// till use?" has an answer without reading the defaults in the docs.
+    pub fn effective(&self) -> Config {
+        let mut cfg = self.clone();
+        for z in &mut cfg.zones {
+            z.name.get_or_insert_with(|| z.id.clone());
+            z.hub.get_or_insert_with(|| self.hub.hub_id.clone());
+            z.measured_power.get_or_insert(self.presence.measured_power);
+            z.path_loss_exponent
+                .get_or_insert(self.presence.path_loss_exponent);
+        }
+        cfg.mqtt.client_id = Some(self.mqtt_client_id());
+        cfg
+    }
+
+    /// The config as TOML that [`Config::parse`] reads back to the same config.
+    pub fn to_toml(&self) -> String {
+        // Every field is a TOML type and every table comes after the plain keys of its parent,
+        // so serialising cannot fail; a message beats a panic should that ever change.
+        toml::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot write the config as TOML: {e}\n"))
+    }
+
     /// The MQTT client id, derived from the hub's identity unless set.
     pub fn mqtt_client_id(&self) -> String {
         self.mqtt
