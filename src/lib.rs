@@ -8,6 +8,7 @@
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod doctor;
 pub mod field;
 pub mod health;
 pub mod identity;

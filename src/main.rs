@@ -223,6 +223,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check this hub before (or while) the daemon runs: the config, the data directory, Bluetooth,
+    /// the MQTT broker (a real login) and the clock, each with what to do when it is wrong.
+    ///
+    /// Changes nothing: no adapter is powered on, no store is created, and the broker login uses
+    /// its own client id, so it is safe next to a running daemon. On a hub:
+    /// `sudo CREDENTIALS_DIRECTORY=/etc/beacond/credentials beacond doctor` (the password as
+    /// systemd hands it to the daemon). Exit 0 when nothing failed (warnings allowed), 1 when a
+    /// check failed, 2 when the config is bad.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigPath,
+        /// One JSON object: {"config": FILE, "ok": bool, "checks": [{"check", "status", "detail"}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Offer rules: see what they would do.
     Offers {
         #[command(subcommand)]
@@ -477,6 +492,7 @@ fn main() -> ExitCode {
                 .with_context(|| format!("writing man pages to {}", dir.display()))
         }
         Command::Status { config, json } => status(&config.config, json),
+        Command::Doctor { config, json } => doctor(&config.config, json),
         Command::Offers {
             action:
                 OffersAction::Explain {
@@ -671,6 +687,43 @@ fn check_config(path: &std::path::Path, effective: bool) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn doctor(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    use beacond::doctor::Status;
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(_) => return Ok(check_config(path, false)),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let findings = runtime.block_on(beacond::doctor::check(&cfg, path));
+    let failed = findings.iter().filter(|f| f.status == Status::Fail).count();
+    let warned = findings.iter().filter(|f| f.status == Status::Warn).count();
+    if json {
+        let v = serde_json::json!({
+            "config": path.display().to_string(),
+            "ok": failed == 0,
+            "checks": findings,
+        });
+        println!("{v}");
+    } else {
+        for f in &findings {
+            let status = match f.status {
+                Status::Ok => "ok",
+                Status::Warn => "warn",
+                Status::Fail => "FAIL",
+            };
+            println!("{status:<5} {:<10} {}", f.check, f.detail);
+        }
+        println!("{failed} failed, {warned} warning(s)");
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn decode(payloads: Vec<String>) -> anyhow::Result<ExitCode> {

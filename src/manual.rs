@@ -116,9 +116,9 @@ in which zone of the store (enter, dwell, exit), fires offer triggers, and publi
 MQTT through a spool on disk that survives outages. Nothing that could identify a person who has \
 not opted in leaves the hub: other devices only feed counts per zone.
 
-systemd starts the daemon as beacond run (beacond.service). Store IT check it with beacond status \
-and systemctl status beacond, and a config with beacond check-config before systemctl reload \
-beacond applies it.
+systemd starts the daemon as beacond run (beacond.service). Store IT check a hub with beacond \
+doctor before starting it, the running daemon with beacond status and systemctl status beacond, \
+and a config with beacond check-config before systemctl reload beacond applies it.
 
 Field engineers tune zones with beacond scan (what the hub hears, live), beacond calibrate (the \
 thresholds a reference device suggests), beacond record (a recording that can leave the hub) and \

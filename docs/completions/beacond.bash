@@ -34,6 +34,9 @@ _beacond() {
             beacond,demo)
                 cmd="beacond__subcmd__demo"
                 ;;
+            beacond,doctor)
+                cmd="beacond__subcmd__doctor"
+                ;;
             beacond,help)
                 cmd="beacond__subcmd__help"
                 ;;
@@ -115,6 +118,9 @@ _beacond() {
             beacond__subcmd__help,demo)
                 cmd="beacond__subcmd__help__subcmd__demo"
                 ;;
+            beacond__subcmd__help,doctor)
+                cmd="beacond__subcmd__help__subcmd__doctor"
+                ;;
             beacond__subcmd__help,help)
                 cmd="beacond__subcmd__help__subcmd__help"
                 ;;
@@ -182,7 +188,7 @@ _beacond() {
 
     case "${cmd}" in
         beacond)
-            opts="-h -V --help --version run check-config decode demo simulate token cache sync-publish scan record calibrate status offers sync-keygen completions man help"
+            opts="-h -V --help --version run check-config decode demo simulate token cache sync-publish scan record calibrate status doctor offers sync-keygen completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -495,8 +501,30 @@ _beacond() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        beacond__subcmd__doctor)
+            opts="-c -h -V --config --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         beacond__subcmd__help)
-            opts="run check-config decode demo simulate token cache sync-publish scan record calibrate status offers sync-keygen completions man help"
+            opts="run check-config decode demo simulate token cache sync-publish scan record calibrate status doctor offers sync-keygen completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -636,6 +664,20 @@ _beacond() {
             return 0
             ;;
         beacond__subcmd__help__subcmd__demo)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        beacond__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

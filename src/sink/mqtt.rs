@@ -264,43 +264,97 @@ fn credential_path(path: &Path) -> PathBuf {
     }
 }
 
+/// How to reach the broker of `m`, logging in as `client_id`: address, credentials, TLS.
+fn connect_options(m: &MqttConfig, client_id: String) -> Result<MqttOptions, MqttError> {
+    let url = url::Url::parse(&m.url).map_err(|e| MqttError::Url {
+        url: m.url.clone(),
+        reason: e.to_string(),
+    })?;
+    let tls = url.scheme() == "mqtts";
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let mut options = MqttOptions::new(client_id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(m.keep_alive_s))
+        // The spool, not the broker session, is the source of truth: replayed after every ConnAck.
+        .set_clean_session(true)
+        .set_inflight(1024)
+        .set_max_packet_size(1024 * 1024, 256 * 1024);
+    if let Some(user) = &m.username {
+        let password = match &m.password_file {
+            Some(p) => read_password(p)?,
+            None => String::new(),
+        };
+        options.set_credentials(user.clone(), password);
+    }
+    if tls {
+        options.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(m)?)),
+        ));
+    }
+    Ok(options)
+}
+
+/// Logs in to the config's broker once, as the daemon would, and says how it went: for `beacond
+/// doctor`, before the daemon is started or while it runs.
+///
+/// The client id is the daemon's with `-doctor` appended, since a broker drops the older of two
+/// sessions with one id, and there is no Last Will: a probe that ends must not tell the platform
+/// that the hub went offline.
+pub async fn probe(cfg: &Config, timeout: Duration) -> Result<String, String> {
+    let options = connect_options(&cfg.mqtt, format!("{}-doctor", cfg.mqtt_client_id()))
+        .map_err(|e| e.to_string())?;
+    let (host, port) = options.broker_address();
+    let how = match (cfg.mqtt.url.starts_with("mqtts:"), &cfg.mqtt.username) {
+        (true, Some(u)) => format!("with TLS, as {u}"),
+        (true, None) => "with TLS".to_owned(),
+        (false, Some(u)) => format!("as {u}"),
+        (false, None) => "anonymously".to_owned(),
+    };
+    let (client, mut eventloop) = AsyncClient::new(options, 4);
+    let connack = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e @ rumqttc::ConnectionError::Io(_)) => {
+                    return Err(format!(
+                        "{}; is the broker running there, and is [mqtt] url right?",
+                        describe(&e)
+                    ))
+                }
+                Err(e) => return Err(describe(&e)),
+            }
+        }
+    };
+    let result = match tokio::time::timeout(timeout, connack).await {
+        Ok(Ok(())) => Ok(format!("logged in to {host}:{port} {how}")),
+        Ok(Err(why)) => Err(format!("{host}:{port}: {why}")),
+        Err(_) => Err(format!(
+            "{host}:{port}: no answer within {} s (a firewall, or not an MQTT broker?)",
+            timeout.as_secs()
+        )),
+    };
+    if result.is_ok() {
+        // A clean goodbye, so the broker does not log a dropped client; best effort.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    }
+    result
+}
+
 impl Settings {
     /// Resolves the `[mqtt]` section: parses the URL, reads the password and TLS files.
     pub fn from_config(cfg: &Config, config_hash: String) -> Result<Settings, MqttError> {
         let m = &cfg.mqtt;
-        let url = url::Url::parse(&m.url).map_err(|e| MqttError::Url {
-            url: m.url.clone(),
-            reason: e.to_string(),
-        })?;
-        let tls = url.scheme() == "mqtts";
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
         let topics = Topics::new(&m.topic_prefix, &cfg.hub.store_id, &cfg.hub.hub_id);
-        let mut options = MqttOptions::new(cfg.mqtt_client_id(), host, port);
-        options
-            .set_keep_alive(Duration::from_secs(m.keep_alive_s))
-            // The spool, not the broker session, is the source of truth: replayed after every ConnAck.
-            .set_clean_session(true)
-            .set_inflight(1024)
-            .set_max_packet_size(1024 * 1024, 256 * 1024)
-            .set_last_will(LastWill::new(
-                &topics.status,
-                last_will_payload(&cfg.hub.store_id, &cfg.hub.hub_id),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        if let Some(user) = &m.username {
-            let password = match &m.password_file {
-                Some(p) => read_password(p)?,
-                None => String::new(),
-            };
-            options.set_credentials(user.clone(), password);
-        }
-        if tls {
-            options.set_transport(Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(m)?)),
-            ));
-        }
+        let mut options = connect_options(m, cfg.mqtt_client_id())?;
+        options.set_last_will(LastWill::new(
+            &topics.status,
+            last_will_payload(&cfg.hub.store_id, &cfg.hub.hub_id),
+            QoS::AtLeastOnce,
+            true,
+        ));
         Ok(Settings {
             options,
             topics,

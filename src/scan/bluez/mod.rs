@@ -39,6 +39,10 @@ const HEALTH_EVERY: u32 = 8;
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// What to say when nobody owns `org.bluez` (also `beacond doctor`'s finding).
+pub const BLUETOOTHD_MISSING: &str = "bluetoothd is not running (nobody owns org.bluez on the \
+    system bus); start it with `systemctl start bluetooth`";
+
 /// Why the source stopped for good.
 #[derive(Debug, Error)]
 pub enum BluezError {
@@ -106,6 +110,26 @@ impl Bus {
         self.proxy("org.bluez", format!("/org/bluez/{adapter}"))
             .set("org.bluez.Adapter1", "Powered", on)
             .await
+    }
+
+    /// Every adapter BlueZ has, by name (`hci0`), with whether it is powered; changes nothing.
+    pub async fn adapters(&self) -> Result<Vec<(String, bool)>, dbus::Error> {
+        use dbus::nonblock::stdintf::org_freedesktop_dbus::ObjectManager;
+        let objects = self
+            .proxy("org.bluez", "/".into())
+            .get_managed_objects()
+            .await?;
+        let mut found: Vec<(String, bool)> = objects
+            .iter()
+            .filter_map(|(path, interfaces)| {
+                let adapter = interfaces.get("org.bluez.Adapter1")?;
+                let name = path.rsplit('/').next()?.to_owned();
+                let powered = dbus::arg::prop_cast::<bool>(adapter, "Powered").copied();
+                Some((name, powered.unwrap_or(false)))
+            })
+            .collect();
+        found.sort();
+        Ok(found)
     }
 
     /// Asks BlueZ to drop a device object (`Adapter1.RemoveDevice`).
@@ -245,11 +269,7 @@ struct Picked {
 
 async fn pick_adapter(manager: &Manager, bus: &Bus, wanted: &str) -> Result<Picked, String> {
     if bus.bluez_owner().await.is_none() {
-        return Err(
-            "bluetoothd is not running (nobody owns org.bluez on the system bus); \
-                    start it with `systemctl start bluetooth`"
-                .into(),
-        );
+        return Err(BLUETOOTHD_MISSING.into());
     }
     let adapters = manager
         .adapters()

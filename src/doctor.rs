@@ -1,0 +1,343 @@
+//! `beacond doctor`: checks a hub before (or while) the daemon runs — the config, the data
+//! directory, Bluetooth, the MQTT broker and the clock — and says for each what is wrong and what
+//! to do. Store IT install hubs they will not see again for months; one command should tell them
+//! everything `systemctl start beacond` would otherwise reveal one journal line at a time.
+//!
+//! It only looks: it powers no adapter on, creates no store, and logs in to the broker under its
+//! own client id without a Last Will, so it is safe to run next to a running daemon.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Config, SourceKind};
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// As it should be.
+    Ok,
+    /// The daemon will run, but something needs a look.
+    Warn,
+    /// The daemon cannot do its job until this is fixed.
+    Fail,
+}
+
+/// One check's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// What was checked: `config`, `data_dir`, `daemon`, `bluetooth` (or `source` for a replay or
+    /// simulated source), `mqtt`, `sync`, `clock`.
+    pub check: &'static str,
+    /// How it came out.
+    pub status: Status,
+    /// What was found, and for a warning or failure what to do.
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(check: &'static str, status: Status, detail: impl Into<String>) -> Finding {
+        Finding {
+            check,
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// How long the broker has to answer a login.
+const MQTT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A clock before this has never been set: a Pi without a real-time clock, before NTP.
+const CLOCK_FLOOR_MS: u64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
+
+/// Runs every check that applies to `cfg` (already loaded and valid from `path`).
+pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
+    let mut out = vec![Finding::new(
+        "config",
+        Status::Ok,
+        format!(
+            "{}: {} zone(s), {} offer rule(s), source {}",
+            path.display(),
+            cfg.zones.len(),
+            cfg.offers.len(),
+            cfg.scan.source
+        ),
+    )];
+    out.push(data_dir(cfg));
+    out.push(daemon(cfg));
+    out.push(source(cfg).await);
+    if cfg.mqtt.enabled {
+        out.push(match crate::sink::mqtt::probe(cfg, MQTT_TIMEOUT).await {
+            Ok(how) => Finding::new("mqtt", Status::Ok, how),
+            Err(why) => Finding::new("mqtt", Status::Fail, why),
+        });
+    }
+    out.push(sync(cfg));
+    out.push(clock(crate::time::Timestamp::now().0));
+    out
+}
+
+fn data_dir(cfg: &Config) -> Finding {
+    let dir = &cfg.hub.data_dir;
+    let fail = |why: String| Finding::new("data_dir", Status::Fail, why);
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return fail(format!(
+                "{} is not a directory; fix [hub] data_dir",
+                dir.display()
+            ))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Finding::new(
+                "data_dir",
+                Status::Warn,
+                format!(
+                    "{} does not exist yet; the daemon makes it at its first start (under systemd, \
+                     StateDirectory= does)",
+                    dir.display()
+                ),
+            )
+        }
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    }
+    // What the daemon does at every spool write: a file written and synced to the card.
+    let written = tempfile::Builder::new()
+        .prefix(".doctor-")
+        .tempfile_in(dir)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&[0u8; 4096])?;
+            f.as_file().sync_all()
+        });
+    if let Err(e) = written {
+        let advice = if crate::storage::is_disk_condition_io(&e) {
+            "free space on the card (df -h)"
+        } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+            "run it with sudo, and check that the directory belongs to the beacond user"
+        } else {
+            "check the card (dmesg)"
+        };
+        return fail(format!("cannot write in {}: {e}; {advice}", dir.display()));
+    }
+    let free = fs2::available_space(dir).ok();
+    let need = if cfg.mqtt.enabled {
+        cfg.mqtt.spool_max_bytes
+    } else {
+        0
+    };
+    match free {
+        Some(free) if free < need => Finding::new(
+            "data_dir",
+            Status::Warn,
+            format!(
+                "{} is writable but has {} free, less than the spool may need ([mqtt] \
+                 spool_max_bytes, {}): free space or lower spool_max_bytes",
+                dir.display(),
+                mib(free),
+                mib(need)
+            ),
+        ),
+        Some(free) => Finding::new(
+            "data_dir",
+            Status::Ok,
+            format!("{} is writable, {} free", dir.display(), mib(free)),
+        ),
+        None => Finding::new(
+            "data_dir",
+            Status::Ok,
+            format!("{} is writable", dir.display()),
+        ),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Whether a daemon holds the spool's lock on this data directory.
+fn daemon(cfg: &Config) -> Finding {
+    let lock = cfg.hub.data_dir.join("spool").join("lock");
+    let held = std::fs::File::open(&lock)
+        .ok()
+        .is_some_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_err());
+    if held {
+        Finding::new(
+            "daemon",
+            Status::Ok,
+            "a beacond daemon is running on this data directory (beacond status shows its health)",
+        )
+    } else {
+        Finding::new(
+            "daemon",
+            Status::Ok,
+            "no daemon is running on this data directory (systemctl start beacond)",
+        )
+    }
+}
+
+async fn source(cfg: &Config) -> Finding {
+    match cfg.scan.source {
+        SourceKind::Bluez => bluetooth(&cfg.scan.adapter).await,
+        SourceKind::Replay => match &cfg.scan.replay_file {
+            Some(f) => match std::fs::File::open(f) {
+                Ok(_) => Finding::new("source", Status::Ok, format!("replaying {}", f.display())),
+                Err(e) => Finding::new(
+                    "source",
+                    Status::Fail,
+                    format!("[scan] replay_file {}: {e}", f.display()),
+                ),
+            },
+            None => Finding::new(
+                "source",
+                Status::Fail,
+                "[scan] source = \"replay\" needs replay_file",
+            ),
+        },
+        SourceKind::Sim => match crate::scan::sim::Scenario::load(&cfg.scan.sim_scenario) {
+            Ok(_) => Finding::new(
+                "source",
+                Status::Warn,
+                format!(
+                    "the simulated store {} (a test hub: nothing is heard from the radio)",
+                    cfg.scan.sim_scenario
+                ),
+            ),
+            Err(e) => Finding::new("source", Status::Fail, e.to_string()),
+        },
+    }
+}
+
+async fn bluetooth(wanted: &str) -> Finding {
+    use crate::scan::bluez::Bus;
+    let fail = |why: String| Finding::new("bluetooth", Status::Fail, why);
+    let bus = match Bus::connect().await {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(format!(
+                "cannot connect to the D-Bus system bus ({e}); is dbus running?"
+            ))
+        }
+    };
+    if bus.bluez_owner().await.is_none() {
+        return fail(crate::scan::bluez::BLUETOOTHD_MISSING.into());
+    }
+    let adapters = match bus.adapters().await {
+        Ok(a) => a,
+        Err(e) if e.name() == Some("org.freedesktop.DBus.Error.AccessDenied") => {
+            return fail(format!(
+                "this user may not talk to bluetoothd ({}); the package's \
+                 /etc/dbus-1/system.d/beacond.conf allows the beacond user and root: run it \
+                 with sudo",
+                e.message().unwrap_or("access denied")
+            ))
+        }
+        Err(e) => return fail(format!("cannot list Bluetooth adapters: {e}")),
+    };
+    let list = if adapters.is_empty() {
+        "none".to_owned()
+    } else {
+        adapters
+            .iter()
+            .map(|(n, on)| format!("{n} ({})", if *on { "on" } else { "off" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // The daemon's choice: the named adapter, or for "auto" the first powered one, else the first.
+    let pick = if wanted == "auto" {
+        adapters
+            .iter()
+            .find(|(_, on)| *on)
+            .or_else(|| adapters.first())
+    } else {
+        adapters.iter().find(|(n, _)| n == wanted)
+    };
+    match pick {
+        None if wanted == "auto" => fail(format!(
+            "no Bluetooth adapter found (adapters: {list}); plug one in or check bluetoothctl list"
+        )),
+        None => fail(format!(
+            "adapter {wanted:?} not found (adapters: {list}); fix [scan] adapter or use \"auto\""
+        )),
+        Some((name, false)) => Finding::new(
+            "bluetooth",
+            Status::Warn,
+            format!(
+                "adapters: {list}; {name} is off: the daemon powers it on at start, and if it \
+                 stays off, check rfkill list"
+            ),
+        ),
+        Some((name, true)) => Finding::new(
+            "bluetooth",
+            Status::Ok,
+            format!("bluetoothd is running; adapters: {list}; the daemon scans with {name}"),
+        ),
+    }
+}
+
+fn sync(cfg: &Config) -> Finding {
+    match &cfg.identity.platform_public_key {
+        Some(_) => Finding::new(
+            "sync",
+            Status::Ok,
+            "identity.platform_public_key is set: signed customer sync batches are accepted",
+        ),
+        None => Finding::new(
+            "sync",
+            Status::Warn,
+            "identity.platform_public_key is not set: customer sync batches will be rejected, so \
+             no customer is recognised (beacons and anonymous counts still work)",
+        ),
+    }
+}
+
+fn clock(now_ms: u64) -> Finding {
+    let shown = chrono::DateTime::from_timestamp_millis(now_ms as i64)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("{now_ms} ms"));
+    if now_ms < CLOCK_FLOOR_MS {
+        Finding::new(
+            "clock",
+            Status::Warn,
+            format!(
+                "the clock reads {shown}: it has not been set (a hub without a real-time clock, \
+                 before NTP). Events would carry that time; check timedatectl"
+            ),
+        )
+    } else {
+        Finding::new("clock", Status::Ok, shown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_never_set_is_a_warning() {
+        assert_eq!(clock(0).status, Status::Warn);
+        assert!(clock(0).detail.contains("1970-01-01"));
+        assert_eq!(clock(CLOCK_FLOOR_MS).status, Status::Ok);
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_file_or_missing_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.hub.data_dir = dir.path().join("absent");
+        assert_eq!(data_dir(&cfg).status, Status::Warn);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        cfg.hub.data_dir = file;
+        let f = data_dir(&cfg);
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.detail.contains("is not a directory"), "{f:?}");
+        cfg.hub.data_dir = dir.path().to_owned();
+        let f = data_dir(&cfg);
+        assert_eq!(f.status, Status::Ok, "{f:?}");
+        // The probe file is gone again.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,232 @@
+//! `beacond doctor` against real parts: a mock BlueZ on a private system bus, a real Mosquitto
+//! with a password file, a data directory on disk, and the daemon itself running next to it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::bluez::MockBluez;
+use common::{Broker, Subscriber};
+use serde_json::Value;
+
+/// A broker that wants user `hub` with password `s3cret`.
+fn broker_with_password(dir: &Path) -> Broker {
+    let passwd = dir.join("passwd");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["hub", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    Broker::with(
+        dir,
+        &format!(
+            "listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            passwd.display()
+        ),
+    )
+}
+
+/// A hub's config logging in as `hub` with the password from its credentials.
+fn config(dir: &Path, broker: &Broker, data_dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("beacond.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[hub]\nstore_id = \"s1\"\nhub_id = \"h1\"\ndata_dir = {:?}\n\
+             [mqtt]\nurl = \"{}\"\nkeep_alive_s = 5\n{extra}\n",
+            data_dir.display().to_string(),
+            broker.url()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+const LOGIN: &str = "username = \"hub\"\npassword_file = \"mqtt-password\"";
+
+/// Runs `beacond doctor --json` as systemd would give it its credentials; (exit code, checks).
+fn doctor(config: &Path, bus: &MockBluez, creds: &Path) -> (i32, Vec<(String, String, String)>) {
+    let out = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["doctor", "--json", "--config"])
+        .arg(config)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("CREDENTIALS_DIRECTORY", creds)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let checks = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_owned();
+            (s("check"), s("status"), s("detail"))
+        })
+        .collect();
+    assert_eq!(v["ok"], out.status.code() == Some(0));
+    (out.status.code().unwrap(), checks)
+}
+
+fn finding<'a>(checks: &'a [(String, String, String)], name: &str) -> (&'a str, &'a str) {
+    let c = checks
+        .iter()
+        .find(|c| c.0 == name)
+        .unwrap_or_else(|| panic!("no {name} check in {checks:?}"));
+    (c.1.as_str(), c.2.as_str())
+}
+
+fn credentials(dir: &Path, password: &str) -> PathBuf {
+    let creds = dir.join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("mqtt-password"), format!("{password}\n")).unwrap();
+    creds
+}
+
+#[test]
+fn a_healthy_hub_passes_every_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = MockBluez::start(dir.path());
+    bus.py("add_adapter('hci0')");
+    let broker = broker_with_password(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let key = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    let cfg = config(
+        dir.path(),
+        &broker,
+        &data,
+        &format!("{LOGIN}\n[identity]\nplatform_public_key = \"{key}\""),
+    );
+    let (code, checks) = doctor(&cfg, &bus, &credentials(dir.path(), "s3cret"));
+    assert_eq!(code, 0, "{checks:#?}");
+    for c in &checks {
+        assert_eq!(c.1, "ok", "{c:?}");
+    }
+    assert!(finding(&checks, "bluetooth").1.contains("scans with hci0"));
+    assert!(finding(&checks, "mqtt")
+        .1
+        .contains(&format!("logged in to 127.0.0.1:{} as hub", broker.port)));
+    assert!(finding(&checks, "data_dir").1.contains("is writable"));
+    // It only looked: nothing was left in the data directory.
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
+}
+
+#[test]
+fn each_failure_is_named_with_what_to_do_and_nothing_is_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bus = MockBluez::start(dir.path());
+    bus.py("add_adapter('hci0')");
+    bus.py("props('/org/bluez/hci0').Set('org.bluez.Adapter1', 'Powered', False)");
+    let broker = broker_with_password(dir.path());
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let cfg = config(dir.path(), &broker, &file, LOGIN);
+    let creds = credentials(dir.path(), "wrong");
+
+    let (code, checks) = doctor(&cfg, &bus, &creds);
+    assert_eq!(code, 1, "{checks:#?}");
+    let (status, detail) = finding(&checks, "mqtt");
+    assert_eq!(status, "fail");
+    assert!(detail.contains("broker refused the login"), "{detail}");
+    let (status, detail) = finding(&checks, "data_dir");
+    assert_eq!(status, "fail");
+    assert!(detail.contains("is not a directory"), "{detail}");
+    // An adapter that is off is a warning (the daemon powers it on), and doctor leaves it off.
+    let (status, detail) = finding(&checks, "bluetooth");
+    assert_eq!(status, "warn");
+    assert!(detail.contains("hci0 is off"), "{detail}");
+    let powered = bus.py("print(props('/org/bluez/hci0').Get('org.bluez.Adapter1', 'Powered'))");
+    assert_eq!(powered.trim(), "0");
+    let (status, detail) = finding(&checks, "sync");
+    assert_eq!(status, "warn");
+    assert!(detail.contains("platform_public_key"), "{detail}");
+
+    // bluetoothd gone, and the broker too.
+    bus.stop_mock();
+    drop(broker);
+    let (code, checks) = doctor(&cfg, &bus, &creds);
+    assert_eq!(code, 1);
+    let (status, detail) = finding(&checks, "bluetooth");
+    assert_eq!(status, "fail");
+    assert!(detail.contains("systemctl start bluetooth"), "{detail}");
+    let (status, detail) = finding(&checks, "mqtt");
+    assert_eq!(status, "fail");
+    assert!(detail.contains("is the broker running there"), "{detail}");
+}
+
+#[test]
+fn a_bad_config_is_reported_as_check_config_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("beacond.toml");
+    std::fs::write(&cfg, "[[zones]]\nid = \"a\"\nenter_rsi = -70\n").unwrap();
+    let out = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["doctor", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zones[0].enter_rsi"), "{err}");
+}
+
+/// Next to a running daemon: doctor sees it, logs in beside it, and the platform never sees the hub
+/// go offline (no Last Will, no session taken over).
+#[test]
+fn running_next_to_the_daemon_disturbs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = MockBluez::start(dir.path());
+    bus.py("add_adapter('hci0')");
+    // Anonymous, so the platform's subscriber gets in too.
+    let broker = Broker::start(dir.path());
+    let data = dir.path().join("data");
+    let cfg = config(dir.path(), &broker, &data, "");
+    let creds = credentials(dir.path(), "unused");
+    let sub = Subscriber::start(broker.port, "platform", "beacond/s1/h1/status", true);
+    let log = dir.path().join("daemon.log");
+    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let online = |m: &(String, Value, bool)| m.1["state"] == "online";
+    sub.wait_for(
+        "the daemon's online status",
+        Duration::from_secs(20),
+        |msgs| msgs.iter().any(online),
+    );
+
+    let (code, checks) = doctor(&cfg, &bus, &creds);
+    let (_, detail) = finding(&checks, "daemon");
+    assert!(detail.contains("a beacond daemon is running"), "{detail}");
+    assert_eq!(finding(&checks, "mqtt").0, "ok", "{checks:#?}");
+    assert_eq!(code, 0, "{checks:#?}");
+    // Give a Last Will or a taken-over session time to show.
+    std::thread::sleep(Duration::from_secs(2));
+    let states: Vec<Value> = sub
+        .messages()
+        .iter()
+        .map(|m| m.1["state"].clone())
+        .collect();
+    assert!(states.iter().all(|s| s == "online"), "{states:?}");
+    assert!(daemon.try_wait().unwrap().is_none());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
