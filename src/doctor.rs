@@ -229,7 +229,7 @@ async fn bluetooth(wanted: &str) -> Finding {
         Err(e) if e.name() == Some("org.freedesktop.DBus.Error.AccessDenied") => {
             return fail(format!(
                 "this user may not talk to bluetoothd ({}); the package's \
-                 /etc/dbus-1/system.d/beacond.conf allows the beacond user and root: run it \
+                 /usr/share/dbus-1/system.d/beacond.conf allows the beacond user and root: run it \
                  with sudo",
                 e.message().unwrap_or("access denied")
             ))
