@@ -389,56 +389,51 @@ zones = ["tll"]
     assert!(problems[4].message.contains("did you mean \"till\"?"));
 }
 
+/// The keys `Config::parse` finds a problem with, in file order.
+fn problem_keys(text: &str) -> Vec<String> {
+    Config::parse(text)
+        .unwrap_err()
+        .into_iter()
+        .map(|p| p.key)
+        .collect()
+}
+
 #[test]
 fn no_range_problem_is_reported_about_what_was_set_aside() {
     // The first zone's id is a number, so the zone is set aside and the second becomes the
     // first of what was read: a range problem found there must not be named zones[0]. The
     // offer names the set-aside zone, which is there in the file. The hub's mistake is in a
     // table read as written and is reported.
-    let text = r#"[hub]
-store_id = "s/1"
-[[zones]]
-id = 5
-[[zones]]
-id = "door"
-enter_rssi = -70
-exit_rssi = -60
-[[offers]]
-id = "o1"
-zones = ["5"]
-"#;
-    let problems = Config::parse(text).unwrap_err();
-    let got: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-    assert_eq!(got, ["hub.store_id", "zones[0].id"], "{problems:#?}");
+    // A second zone whose exit is above its enter, and an offer naming a zone.
+    let door_and_offer = |zone: &str| {
+        format!(
+            "[[zones]]\nid = \"door\"\nenter_rssi = -70\nexit_rssi = -60\n\
+             [[offers]]\nid = \"o1\"\nzones = [\"{zone}\"]\n"
+        )
+    };
+    let text = format!(
+        "[hub]\nstore_id = \"s/1\"\n[[zones]]\nid = 5\n{}",
+        door_and_offer("5")
+    );
+    assert_eq!(problem_keys(&text), ["hub.store_id", "zones[0].id"]);
 
     // A misspelt key in a zone: the zone's exit_rssi is the default (-80), above its enter_rssi,
     // and saying so would be about a value the engineer never wrote. Nor are offers checked
     // against a zone that was not read as written. The other zone is checked.
-    let text = r#"[[zones]]
-id = "till"
-enter_rssi = -90
-exit_rsi = -98
-[[zones]]
-id = "door"
-enter_rssi = -70
-exit_rssi = -60
-[[offers]]
-id = "o1"
-zones = ["tll"]
-"#;
-    let problems = Config::parse(text).unwrap_err();
-    let got: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    let text = format!(
+        "[[zones]]\nid = \"till\"\nenter_rssi = -90\nexit_rsi = -98\n{}",
+        door_and_offer("tll")
+    );
     assert_eq!(
-        got,
-        ["zones[0].exit_rsi", "zones[1].exit_rssi"],
-        "{problems:#?}"
+        problem_keys(&text),
+        ["zones[0].exit_rsi", "zones[1].exit_rssi"]
     );
 
     // A misspelt section: everything else is read with it missing, so no range check runs.
-    let problems =
-        Config::parse("[presense]\nmax_tracked = 0\n[hub]\nstore_id = \"s/1\"\n").unwrap_err();
-    let got: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-    assert_eq!(got, ["presense"], "{problems:#?}");
+    assert_eq!(
+        problem_keys("[presense]\nmax_tracked = 0\n[hub]\nstore_id = \"s/1\"\n"),
+        ["presense"]
+    );
 }
 
 #[test]

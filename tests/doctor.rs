@@ -11,25 +11,6 @@ use common::bluez::MockBluez;
 use common::{Broker, Subscriber};
 use serde_json::Value;
 
-/// A broker that wants user `hub` with password `s3cret`.
-fn broker_with_password(dir: &Path) -> Broker {
-    let passwd = dir.join("passwd");
-    let ok = Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwd)
-        .args(["hub", "s3cret"])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    Broker::with(
-        dir,
-        &format!(
-            "listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
-            passwd.display()
-        ),
-    )
-}
-
 /// A hub's config logging in as `hub` with the password from its credentials.
 fn config(dir: &Path, broker: &Broker, data_dir: &Path, extra: &str) -> PathBuf {
     let p = dir.join("beacond.toml");
@@ -97,7 +78,7 @@ fn a_healthy_hub_passes_every_check() {
     let dir = tempfile::tempdir().unwrap();
     let bus = MockBluez::start(dir.path());
     bus.py("add_adapter('hci0')");
-    let broker = broker_with_password(dir.path());
+    let broker = Broker::with_password(dir.path(), "hub", "s3cret");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let key = hex::encode(
@@ -131,7 +112,7 @@ fn each_failure_is_named_with_what_to_do_and_nothing_is_changed() {
     let mut bus = MockBluez::start(dir.path());
     bus.py("add_adapter('hci0')");
     bus.py("props('/org/bluez/hci0').Set('org.bluez.Adapter1', 'Powered', False)");
-    let broker = broker_with_password(dir.path());
+    let broker = Broker::with_password(dir.path(), "hub", "s3cret");
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "").unwrap();
     let cfg = config(dir.path(), &broker, &file, LOGIN);

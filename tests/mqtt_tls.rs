@@ -170,21 +170,7 @@ fn mutual_tls_connects_and_a_missing_client_certificate_is_reported() {
 #[test]
 fn a_wrong_password_is_reported_and_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let passwd = dir.path().join("passwd");
-    let ok = std::process::Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwd)
-        .args(["hub", "s3cret"])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let broker = Broker::with(
-        dir.path(),
-        &format!(
-            "listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
-            passwd.display()
-        ),
-    );
+    let broker = Broker::with_password(dir.path(), "hub", "s3cret");
     let creds = dir.path().join("creds");
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("mqtt-password"), "wrong\n").unwrap();

@@ -71,6 +71,25 @@ impl Broker {
         b
     }
 
+    /// A broker that lets in only `user` with `password` (a mosquitto_passwd file in `dir`).
+    pub fn with_password(dir: &Path, user: &str, password: &str) -> Broker {
+        let passwd = dir.join("passwd");
+        let ok = Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&passwd)
+            .args([user, password])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Broker::with(
+            dir,
+            &format!(
+                "listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+                passwd.display()
+            ),
+        )
+    }
+
     pub fn restart(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
         std::fs::write(
