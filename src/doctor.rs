@@ -75,8 +75,23 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
         });
     }
     out.push(sync(cfg));
-    out.push(clock(crate::time::Timestamp::now().0));
+    out.push(clock(
+        crate::time::Timestamp::now().0,
+        kernel_clock_synced(),
+    ));
     out
+}
+
+/// Whether the kernel's clock is disciplined by NTP (chrony, ntpd or systemd-timesyncd set it),
+/// by a read-only `adjtimex`; `None` where the kernel will not say.
+fn kernel_clock_synced() -> Option<bool> {
+    // SAFETY: a zeroed timex with modes 0 only reads the kernel's state into the struct.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    match unsafe { libc::adjtimex(&mut tx) } {
+        -1 => None,
+        libc::TIME_ERROR => Some(false),
+        _ => Some(true),
+    }
 }
 
 fn data_dir(cfg: &Config) -> Finding {
@@ -293,21 +308,31 @@ fn sync(cfg: &Config) -> Finding {
     }
 }
 
-fn clock(now_ms: u64) -> Finding {
+fn clock(now_ms: u64, synced: Option<bool>) -> Finding {
     let shown = chrono::DateTime::from_timestamp_millis(now_ms as i64)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| format!("{now_ms} ms"));
     if now_ms < CLOCK_FLOOR_MS {
-        Finding::new(
+        return Finding::new(
             "clock",
             Status::Warn,
             format!(
                 "the clock reads {shown}: it has not been set (a hub without a real-time clock, \
                  before NTP). Events would carry that time; check timedatectl"
             ),
-        )
-    } else {
-        Finding::new("clock", Status::Ok, shown)
+        );
+    }
+    match synced {
+        Some(false) => Finding::new(
+            "clock",
+            Status::Warn,
+            format!(
+                "{shown}, but the kernel says no NTP client keeps it synchronised: event times \
+                 and offer hours follow this clock, so it drifts with them; check timedatectl"
+            ),
+        ),
+        Some(true) => Finding::new("clock", Status::Ok, format!("{shown}, synchronised")),
+        None => Finding::new("clock", Status::Ok, shown),
     }
 }
 
@@ -316,10 +341,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_clock_never_set_is_a_warning() {
-        assert_eq!(clock(0).status, Status::Warn);
-        assert!(clock(0).detail.contains("1970-01-01"));
-        assert_eq!(clock(CLOCK_FLOOR_MS).status, Status::Ok);
+    fn a_clock_never_set_or_not_synchronised_is_a_warning() {
+        let f = clock(0, Some(true));
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.detail.contains("1970-01-01"), "{f:?}");
+        let f = clock(CLOCK_FLOOR_MS, Some(false));
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.detail.contains("no NTP client"), "{f:?}");
+        assert_eq!(clock(CLOCK_FLOOR_MS, Some(true)).status, Status::Ok);
+        assert_eq!(clock(CLOCK_FLOOR_MS, None).status, Status::Ok);
+        // This machine's answer, whatever it is, is read without an error.
+        let _ = kernel_clock_synced();
     }
 
     #[test]
