@@ -270,12 +270,7 @@ async fn bluetooth(wanted: &str) -> Finding {
         adapters.iter().find(|(n, _)| n == wanted)
     };
     match pick {
-        None if wanted == "auto" => fail(format!(
-            "no Bluetooth adapter found (adapters: {list}); plug one in or check bluetoothctl list"
-        )),
-        None => fail(format!(
-            "adapter {wanted:?} not found (adapters: {list}); fix [scan] adapter or use \"auto\""
-        )),
+        None => fail(crate::scan::bluez::adapter_missing(wanted, &list)),
         Some((name, false)) => Finding::new(
             "bluetooth",
             Status::Warn,

@@ -43,6 +43,20 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub const BLUETOOTHD_MISSING: &str = "bluetoothd is not running (nobody owns org.bluez on the \
     system bus); start it with `systemctl start bluetooth`";
 
+/// What to say when the adapter `wanted` (`auto`: any) is not among `adapters` (a list for people,
+/// or "none"); also `beacond doctor`'s finding.
+pub fn adapter_missing(wanted: &str, adapters: &str) -> String {
+    if wanted == "auto" {
+        format!(
+            "no Bluetooth adapter found (adapters: {adapters}); plug one in or check `bluetoothctl list`"
+        )
+    } else {
+        format!(
+            "adapter {wanted:?} not found (adapters: {adapters}); fix [scan] adapter or use \"auto\""
+        )
+    }
+}
+
 /// Why the source stopped for good.
 #[derive(Debug, Error)]
 pub enum BluezError {
@@ -313,11 +327,7 @@ async fn pick_adapter(manager: &Manager, bus: &Bus, wanted: &str) -> Result<Pick
         found.iter().position(|(n, _, _)| n == wanted)
     };
     let Some(i) = pick else {
-        return Err(if wanted == "auto" {
-            format!("no Bluetooth adapter found (adapters: {names}); plug one in or check `bluetoothctl list`")
-        } else {
-            format!("adapter {wanted:?} not found (adapters: {names}); fix [scan] adapter or use \"auto\"")
-        });
+        return Err(adapter_missing(wanted, &names));
     };
     let (name, powered, adapter) = found.swap_remove(i);
     if !powered && wanted != "auto" {
