@@ -29,7 +29,7 @@ pub enum Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     /// What was checked: `config`, `data_dir`, `daemon`, `bluetooth` (or `source` for a replay or
-    /// simulated source), `mqtt`, `sync`, `clock`.
+    /// simulated source), `mqtt`, `tls` (certificate dates), `sync`, `clock`.
     pub check: &'static str,
     /// How it came out.
     pub status: Status,
@@ -73,6 +73,7 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
             Ok(how) => Finding::new("mqtt", Status::Ok, how),
             Err(why) => Finding::new("mqtt", Status::Fail, why),
         });
+        out.extend(certificates(cfg, crate::time::Timestamp::now().0 as i64));
     }
     out.push(sync(cfg));
     out.push(clock(
@@ -285,6 +286,29 @@ async fn bluetooth(wanted: &str) -> Finding {
             format!("bluetoothd is running; adapters: {list}; the daemon scans with {name}"),
         ),
     }
+}
+
+/// The TLS certificates' dates: the one that expires first, a month ahead.
+fn certificates(cfg: &Config, now_ms: i64) -> Option<Finding> {
+    use crate::sink::certs::{self, Standing};
+    let files = certs::files(&cfg.mqtt);
+    if files.is_empty() {
+        return None;
+    }
+    let mut expiries = Vec::new();
+    for (key, path) in &files {
+        match certs::read(key, path) {
+            Ok(e) => expiries.push(e),
+            Err(why) => return Some(Finding::new("tls", Status::Fail, why)),
+        }
+    }
+    let (standing, text) = certs::judge(&expiries, now_ms)?;
+    let status = match standing {
+        Standing::Valid => Status::Ok,
+        Standing::Soon => Status::Warn,
+        Standing::Expired => Status::Fail,
+    };
+    Some(Finding::new("tls", status, text))
 }
 
 fn sync(cfg: &Config) -> Finding {

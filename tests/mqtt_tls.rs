@@ -11,6 +11,9 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
+/// Days the test's client certificate has left: within the month the hub warns ahead.
+const CLIENT_CERT_DAYS: i64 = 10;
+
 struct Pki {
     ca: String,
     server_cert: String,
@@ -40,6 +43,18 @@ fn write_pki(dir: &Path) -> Pki {
     let client_key = KeyPair::generate().unwrap();
     let mut client_params = named(vec![], "hub-window");
     client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    // Valid, but for CLIENT_CERT_DAYS more days only: the hub should warn ahead.
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + CLIENT_CERT_DAYS * 86_400;
+    let expiry = chrono::DateTime::from_timestamp(expiry, 0).unwrap();
+    {
+        use chrono::Datelike;
+        client_params.not_after =
+            rcgen::date_time_ymd(expiry.year(), expiry.month() as u8, expiry.day() as u8);
+    }
     let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
     let put = |name: &str, text: String| {
         let p = dir.join(name);
@@ -137,6 +152,42 @@ fn mutual_tls_connects_and_a_missing_client_certificate_is_reported() {
         online.is_ok(),
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // The certificate works, and the retained status warns that it expires within the month.
+    sub.wait_for(
+        "a status warning about the certificate",
+        Duration::from_secs(10),
+        |m| {
+            m.iter().any(|(t, v, _)| {
+                t == "beacond/mtls/hub-window/status"
+                    && v["warnings"].as_array().is_some_and(|w| {
+                        w.iter().any(|w| {
+                            w.as_str().is_some_and(|w| {
+                                w.starts_with("mqtt.client_cert")
+                                    && w.contains("day(s): then the broker will refuse this hub")
+                            })
+                        })
+                    })
+            })
+        },
+    );
+    // doctor sees the same, beside the running daemon.
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["doctor", "--json", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    let check = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap().clone();
+    assert_eq!(check("mqtt")["status"], "ok", "{v}");
+    assert_eq!(check("tls")["status"], "warn", "{v}");
+    assert!(
+        check("tls")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expires on"),
+        "{v}"
     );
     let _ = daemon.kill();
     let _ = daemon.wait();

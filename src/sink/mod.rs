@@ -4,6 +4,7 @@
 //! - `terminal`: the demo's live view ([`terminal`]);
 //! - `mqtt`: the platform (MQTT issue).
 
+pub mod certs;
 pub mod inflight;
 pub mod mqtt;
 pub mod spool;

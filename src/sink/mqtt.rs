@@ -134,6 +134,11 @@ pub struct Health {
 
 /// The status notice's key while the card is low on space or refuses the spool's writes.
 const SPOOL_NOTICE: &str = "spool_disk";
+/// The key of the notice about certificates that expire soon (or did).
+const CERT_NOTICE: &str = "certificate";
+/// How often the certificates' dates are judged again: they do not change while a file stays put,
+/// but the calendar moves, and a renewed file should clear the warning within the day.
+const CERT_CHECK: Duration = Duration::from_secs(6 * 3600);
 
 /// The status warning for the card in `state`.
 fn disk_notice(state: DiskState, spool: &Spool, free: Option<u64>) -> Option<String> {
@@ -163,6 +168,8 @@ pub struct Settings {
     started_at: Timestamp,
     config_hash: String,
     warnings: Vec<String>,
+    /// The TLS certificate files, whose expiry the status warns about ahead.
+    cert_files: Vec<(&'static str, PathBuf)>,
     /// Problems that come and go while running (a rejected reload), by key; shared by clones.
     notices: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
 }
@@ -363,6 +370,7 @@ impl Settings {
             started_at: Timestamp::now(),
             config_hash,
             warnings: Vec::new(),
+            cert_files: super::certs::files(m),
             notices: Default::default(),
         })
     }
@@ -384,6 +392,26 @@ impl Settings {
                 n.remove(key);
             }
         }
+    }
+
+    /// Judges the certificates' expiry at `now_ms` and sets or clears the notice about it; true
+    /// (and a log line for a warning) when the notice changed.
+    fn check_certificates(&self, now_ms: i64) -> bool {
+        let text = super::certs::notice(&self.cert_files, now_ms);
+        let before = self
+            .notices
+            .lock()
+            .expect("notices lock")
+            .get(CERT_NOTICE)
+            .cloned();
+        if before == text {
+            return false;
+        }
+        if let Some(t) = &text {
+            tracing::warn!("{t}");
+        }
+        self.set_notice(CERT_NOTICE, text);
+        true
     }
 
     /// The topics.
@@ -558,12 +586,20 @@ pub async fn run(
     let mut persist_at: Option<tokio::time::Instant> = None;
     // Measured again after every write (below); the first stats may come before any.
     health.lock().expect("health lock").disk_free_bytes = spool.lock().await.disk_free_bytes();
+    // The first tick is at once: a certificate about to expire shows in the first status.
+    let mut cert_check = tokio::time::interval(CERT_CHECK);
     loop {
         let first = tokio::select! {
             r = rx.recv() => match r {
                 Some(r) => r,
                 None => break,
             },
+            _ = cert_check.tick() => {
+                if settings.check_certificates(Timestamp::now().0 as i64) {
+                    status_changed.notify_one();
+                }
+                continue;
+            }
             _ = sleep_until_some(persist_at) => {
                 persist_at = None;
                 let mut s = spool.lock().await;
@@ -588,6 +624,8 @@ pub async fn run(
                 new.warnings = settings.warnings.clone();
                 new.notices = settings.notices.clone();
                 new.started_at = settings.started_at;
+                // The new target may name other certificates: judge them before it connects.
+                new.check_certificates(Timestamp::now().0 as i64);
                 settings = new.clone();
                 target_tx.send_replace(Some(new));
                 continue;
