@@ -107,17 +107,19 @@ pub fn judge(expiries: &[Expiry], now_ms: i64) -> Option<(Standing, String)> {
     })
 }
 
-/// What the retained status should say about `files` at `now_ms`: a warning within [`WARN_DAYS`]
-/// of an expiry or after it, else nothing.
-pub fn notice(files: &[(&'static str, PathBuf)], now_ms: i64) -> Option<String> {
+/// What the hub says about `files` at `now_ms`: the earliest expiry among those it can read, and
+/// a warning within [`WARN_DAYS`] of it or after it.
+pub fn notice(files: &[(&'static str, PathBuf)], now_ms: i64) -> (Option<i64>, Option<String>) {
     let expiries: Vec<Expiry> = files
         .iter()
         .filter_map(|(key, path)| read(key, path).ok())
         .collect();
-    match judge(&expiries, now_ms)? {
-        (Standing::Valid, _) => None,
-        (_, text) => Some(text),
-    }
+    let earliest = expiries.iter().map(|e| e.not_after_ms).min();
+    let warning = match judge(&expiries, now_ms) {
+        None | Some((Standing::Valid, _)) => None,
+        Some((_, text)) => Some(text),
+    };
+    (earliest, warning)
 }
 
 #[cfg(test)]
@@ -181,7 +183,7 @@ mod tests {
         // Files that cannot be read say nothing here; the connection reports them.
         assert_eq!(
             notice(&[("mqtt.ca_file", dir.path().join("missing.pem"))], NOW),
-            None
+            (None, None)
         );
     }
 }

@@ -130,6 +130,10 @@ pub struct Health {
     pub disk_free_bytes: Option<u64>,
     /// Less free space than the spool may need ([`DiskState::Low`]).
     pub disk_low: bool,
+    /// When the first of the TLS certificates expires, ms since the Unix epoch.
+    pub tls_not_after_ms: Option<i64>,
+    /// Within a month of that, or after it: what to do.
+    pub tls_warning: Option<String>,
 }
 
 /// The status notice's key while the card is low on space or refuses the spool's writes.
@@ -394,10 +398,15 @@ impl Settings {
         }
     }
 
-    /// Judges the certificates' expiry at `now_ms` and sets or clears the notice about it; true
-    /// (and a log line for a warning) when the notice changed.
-    fn check_certificates(&self, now_ms: i64) -> bool {
-        let text = super::certs::notice(&self.cert_files, now_ms);
+    /// Judges the certificates' expiry at `now_ms`: sets or clears the status notice about it and
+    /// updates `health`; true (and a log line for a warning) when the notice changed.
+    fn check_certificates(&self, now_ms: i64, health: &Mutex<Health>) -> bool {
+        let (earliest, text) = super::certs::notice(&self.cert_files, now_ms);
+        {
+            let mut h = health.lock().expect("health lock");
+            h.tls_not_after_ms = earliest;
+            h.tls_warning = text.clone();
+        }
         let before = self
             .notices
             .lock()
@@ -595,7 +604,7 @@ pub async fn run(
                 None => break,
             },
             _ = cert_check.tick() => {
-                if settings.check_certificates(Timestamp::now().0 as i64) {
+                if settings.check_certificates(Timestamp::now().0 as i64, &health) {
                     status_changed.notify_one();
                 }
                 continue;
@@ -625,7 +634,7 @@ pub async fn run(
                 new.notices = settings.notices.clone();
                 new.started_at = settings.started_at;
                 // The new target may name other certificates: judge them before it connects.
-                new.check_certificates(Timestamp::now().0 as i64);
+                new.check_certificates(Timestamp::now().0 as i64, &health);
                 settings = new.clone();
                 target_tx.send_replace(Some(new));
                 continue;
