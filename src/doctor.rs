@@ -29,7 +29,8 @@ pub enum Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     /// What was checked: `config`, `data_dir`, `daemon`, `bluetooth` (or `source` for a replay or
-    /// simulated source), `mqtt`, `tls` (certificate dates), `sync`, `clock`.
+    /// simulated source), `health` (with `[health] listen`), `mqtt`, `tls` (certificate dates),
+    /// `sync`, `clock`.
     pub check: &'static str,
     /// How it came out.
     pub status: Status,
@@ -66,7 +67,23 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
         ),
     )];
     out.push(data_dir(cfg));
-    out.push(daemon(cfg));
+    let running = daemon_running(cfg);
+    out.push(if running {
+        Finding::new(
+            "daemon",
+            Status::Ok,
+            "a beacond daemon is running on this data directory",
+        )
+    } else {
+        Finding::new(
+            "daemon",
+            Status::Ok,
+            "no daemon is running on this data directory (systemctl start beacond)",
+        )
+    });
+    if let Some(addr) = &cfg.health.listen {
+        out.push(health_endpoint(addr.clone(), running).await);
+    }
     out.push(source(cfg).await);
     if cfg.mqtt.enabled {
         out.push(match crate::sink::mqtt::probe(cfg, MQTT_TIMEOUT).await {
@@ -174,23 +191,66 @@ fn mib(bytes: u64) -> String {
 }
 
 /// Whether a daemon holds the spool's lock on this data directory.
-fn daemon(cfg: &Config) -> Finding {
+fn daemon_running(cfg: &Config) -> bool {
     let lock = cfg.hub.data_dir.join("spool").join("lock");
-    let held = std::fs::File::open(&lock)
+    std::fs::File::open(&lock)
         .ok()
-        .is_some_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_err());
-    if held {
-        Finding::new(
-            "daemon",
+        .is_some_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_err())
+}
+
+/// `[health] listen`: a running daemon should answer there and say it is healthy; before it
+/// runs, the port must be free, or the daemon would not start.
+async fn health_endpoint(addr: String, running: bool) -> Finding {
+    if !running {
+        return match std::net::TcpListener::bind(&addr) {
+            Ok(_) => Finding::new(
+                "health",
+                Status::Ok,
+                format!("{addr} is free for the endpoint"),
+            ),
+            Err(e) => Finding::new(
+                "health",
+                Status::Fail,
+                format!(
+                    "cannot listen on {addr} ({e}): the daemon would not start; is another \
+                     program on that port (ss -ltnp)? Change [health] listen"
+                ),
+            ),
+        };
+    }
+    let url = format!("http://{addr}/status");
+    let asked = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let body = agent
+            .get(&url)
+            .call()
+            .map_err(|e| format!("nothing answers at {url} ({e})"))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str(&body).map_err(|e| format!("{url} answered, but not as beacond: {e}"))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match asked {
+        Ok(v) if v["healthy"] == true => Finding::new(
+            "health",
             Status::Ok,
-            "a beacond daemon is running on this data directory (beacond status shows its health)",
-        )
-    } else {
-        Finding::new(
-            "daemon",
-            Status::Ok,
-            "no daemon is running on this data directory (systemctl start beacond)",
-        )
+            format!("the daemon answers on {addr}: healthy (beacond status for the details)"),
+        ),
+        Ok(v) => Finding::new(
+            "health",
+            Status::Fail,
+            format!(
+                "the daemon answers on {addr}: UNHEALTHY: {}",
+                v["unhealthy_reason"].as_str().unwrap_or("no reason given")
+            ),
+        ),
+        Err(why) => Finding::new("health", Status::Fail, why),
     }
 }
 

@@ -90,7 +90,11 @@ fn a_healthy_hub_passes_every_check() {
         dir.path(),
         &broker,
         &data,
-        &format!("{LOGIN}\n[identity]\nplatform_public_key = \"{key}\""),
+        &format!(
+            "{LOGIN}\n[identity]\nplatform_public_key = \"{key}\"\n\
+             [health]\nlisten = \"127.0.0.1:{}\"",
+            common::free_port()
+        ),
     );
     let (code, checks) = doctor(&cfg, &bus, &credentials(dir.path(), "s3cret"));
     assert_eq!(code, 0, "{checks:#?}");
@@ -103,6 +107,9 @@ fn a_healthy_hub_passes_every_check() {
         .1
         .contains(&format!("logged in to 127.0.0.1:{} as hub", broker.port)));
     assert!(finding(&checks, "data_dir").1.contains("is writable"));
+    assert!(finding(&checks, "health")
+        .1
+        .contains("is free for the endpoint"));
     // It only looked: nothing was left in the data directory.
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
 }
@@ -116,7 +123,17 @@ fn each_failure_is_named_with_what_to_do_and_nothing_is_changed() {
     let broker = Broker::with_password(dir.path(), "hub", "s3cret");
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "").unwrap();
-    let cfg = config(dir.path(), &broker, &file, LOGIN);
+    // Another program on the health endpoint's port: the daemon would not start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(
+        dir.path(),
+        &broker,
+        &file,
+        &format!(
+            "{LOGIN}\n[health]\nlisten = \"{}\"",
+            taken.local_addr().unwrap()
+        ),
+    );
     let creds = credentials(dir.path(), "wrong");
 
     let (code, checks) = doctor(&cfg, &bus, &creds);
@@ -133,6 +150,9 @@ fn each_failure_is_named_with_what_to_do_and_nothing_is_changed() {
     assert!(detail.contains("hci0 is off"), "{detail}");
     let powered = bus.py("print(props('/org/bluez/hci0').Get('org.bluez.Adapter1', 'Powered'))");
     assert_eq!(powered.trim(), "0");
+    let (status, detail) = finding(&checks, "health");
+    assert_eq!(status, "fail");
+    assert!(detail.contains("the daemon would not start"), "{detail}");
     let (status, detail) = finding(&checks, "sync");
     assert_eq!(status, "warn");
     assert!(detail.contains("platform_public_key"), "{detail}");
@@ -175,7 +195,12 @@ fn running_next_to_the_daemon_disturbs_nothing() {
     // Anonymous, so the platform's subscriber gets in too.
     let broker = Broker::start(dir.path());
     let data = dir.path().join("data");
-    let cfg = config(dir.path(), &broker, &data, "");
+    let cfg = config(
+        dir.path(),
+        &broker,
+        &data,
+        &format!("[health]\nlisten = \"127.0.0.1:{}\"", common::free_port()),
+    );
     let creds = credentials(dir.path(), "unused");
     let sub = Subscriber::start(broker.port, "platform", "beacond/s1/h1/status", true);
     let log = dir.path().join("daemon.log");
@@ -199,6 +224,13 @@ fn running_next_to_the_daemon_disturbs_nothing() {
     let (_, detail) = finding(&checks, "daemon");
     assert!(detail.contains("a beacond daemon is running"), "{detail}");
     assert_eq!(finding(&checks, "mqtt").0, "ok", "{checks:#?}");
+    // It asks the running daemon how it is.
+    assert!(
+        finding(&checks, "health")
+            .1
+            .starts_with("the daemon answers on"),
+        "{checks:#?}"
+    );
     assert_eq!(code, 0, "{checks:#?}");
     // Give a Last Will or a taken-over session time to show.
     std::thread::sleep(Duration::from_secs(2));
