@@ -1,6 +1,6 @@
 //! `beacond doctor`: checks a hub before (or while) the daemon runs — the config, the data
-//! directory, Bluetooth, the MQTT broker and the clock — and says for each what is wrong and what
-//! to do. Store IT install hubs they will not see again for months; one command should tell them
+//! directory, the health endpoint, Bluetooth, the MQTT broker and its certificates, and the
+//! clock — and says for each what is wrong and what to do. Store IT install hubs they will not see again for months; one command should tell them
 //! everything `systemctl start beacond` would otherwise reveal one journal line at a time.
 //!
 //! It only looks: it powers no adapter on, creates no store, and logs in to the broker under its
