@@ -2,6 +2,10 @@
 //! certificate often for a year: the day it expires the broker refuses the hub and the store goes
 //! dark. So the daemon says so in its retained status a month ahead, and `beacond doctor` shows
 //! the dates. Judging is pure (`judge` takes `now`); only `read` touches the disk.
+//!
+//! The daemon judges the certificates it loaded, not the files as they are now: TLS settings are
+//! read once (and systemd's credentials copied once) at start, so a renewed file is used only
+//! after a restart, and until then the warning must stay.
 
 use std::path::{Path, PathBuf};
 
@@ -88,14 +92,17 @@ pub fn judge(expiries: &[Expiry], now_ms: i64) -> Option<(Standing, String)> {
     Some(if left <= 0 {
         (
             Standing::Expired,
-            format!("{what} expired on {date}: {consequence}; install a renewed certificate"),
+            format!(
+                "{what} expired on {date}: {consequence}; install a renewed certificate and \
+                 restart beacond"
+            ),
         )
     } else if left < WARN_DAYS * DAY_MS {
         (
             Standing::Soon,
             format!(
-                "{what} expires on {date}, in {} day(s): then {consequence}; install a renewed \
-                 certificate before",
+                "{what} expires on {date}, in {} day(s): then {consequence}; before that, \
+                 install a renewed certificate and restart beacond",
                 left / DAY_MS
             ),
         )
@@ -107,15 +114,19 @@ pub fn judge(expiries: &[Expiry], now_ms: i64) -> Option<(Standing, String)> {
     })
 }
 
-/// What the hub says about `files` at `now_ms`: the earliest expiry among those it can read, and
-/// a warning within [`WARN_DAYS`] of it or after it.
-pub fn notice(files: &[(&'static str, PathBuf)], now_ms: i64) -> (Option<i64>, Option<String>) {
-    let expiries: Vec<Expiry> = files
+/// The expiries of `files` that can be read; what cannot is the connection's to report.
+pub fn read_all(files: &[(&'static str, PathBuf)]) -> Vec<Expiry> {
+    files
         .iter()
         .filter_map(|(key, path)| read(key, path).ok())
-        .collect();
+        .collect()
+}
+
+/// What the hub says about `expiries` at `now_ms`: the earliest, and a warning within
+/// [`WARN_DAYS`] of it or after it.
+pub fn notice(expiries: &[Expiry], now_ms: i64) -> (Option<i64>, Option<String>) {
     let earliest = expiries.iter().map(|e| e.not_after_ms).min();
-    let warning = match judge(&expiries, now_ms) {
+    let warning = match judge(expiries, now_ms) {
         None | Some((Standing::Valid, _)) => None,
         Some((_, text)) => Some(text),
     };
@@ -182,8 +193,15 @@ mod tests {
         assert!(read("mqtt.client_cert", &path).is_err());
         // Files that cannot be read say nothing here; the connection reports them.
         assert_eq!(
-            notice(&[("mqtt.ca_file", dir.path().join("missing.pem"))], NOW),
-            (None, None)
+            read_all(&[("mqtt.ca_file", dir.path().join("missing.pem"))]),
+            []
         );
+        let soon = expiry("mqtt.client_cert", 3);
+        let (earliest, warning) = notice(std::slice::from_ref(&soon), NOW);
+        assert_eq!(earliest, Some(soon.not_after_ms));
+        assert!(warning
+            .unwrap()
+            .ends_with("install a renewed certificate and restart beacond"));
+        assert_eq!(notice(&[], NOW), (None, None));
     }
 }

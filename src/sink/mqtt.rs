@@ -140,8 +140,8 @@ pub struct Health {
 const SPOOL_NOTICE: &str = "spool_disk";
 /// The key of the notice about certificates that expire soon (or did).
 const CERT_NOTICE: &str = "certificate";
-/// How often the certificates' dates are judged again: they do not change while a file stays put,
-/// but the calendar moves, and a renewed file should clear the warning within the day.
+/// How often the loaded certificates' dates are judged again: they do not change, the calendar
+/// does.
 const CERT_CHECK: Duration = Duration::from_secs(6 * 3600);
 
 /// The status warning for the card in `state`.
@@ -172,8 +172,8 @@ pub struct Settings {
     started_at: Timestamp,
     config_hash: String,
     warnings: Vec<String>,
-    /// The TLS certificate files, whose expiry the status warns about ahead.
-    cert_files: Vec<(&'static str, PathBuf)>,
+    /// When the TLS certificates loaded for this target expire, which the status warns about.
+    cert_expiries: Vec<super::certs::Expiry>,
     /// Problems that come and go while running (a rejected reload), by key; shared by clones.
     notices: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
 }
@@ -374,7 +374,9 @@ impl Settings {
             started_at: Timestamp::now(),
             config_hash,
             warnings: Vec::new(),
-            cert_files: super::certs::files(m),
+            // Read alongside the TLS settings above: what the connection presents, not what a
+            // file holds later.
+            cert_expiries: super::certs::read_all(&super::certs::files(m)),
             notices: Default::default(),
         })
     }
@@ -401,7 +403,7 @@ impl Settings {
     /// Judges the certificates' expiry at `now_ms`: sets or clears the status notice about it and
     /// updates `health`; true (and a log line for a warning) when the notice changed.
     fn check_certificates(&self, now_ms: i64, health: &Mutex<Health>) -> bool {
-        let (earliest, text) = super::certs::notice(&self.cert_files, now_ms);
+        let (earliest, text) = super::certs::notice(&self.cert_expiries, now_ms);
         {
             let mut h = health.lock().expect("health lock");
             h.tls_not_after_ms = earliest;
@@ -1138,6 +1140,46 @@ mod tests {
         let next_run = Sequence::new();
         assert_ne!(next_run.stream(), seq.stream());
         assert!(next_run.stream() > seq.stream(), "streams sort by start");
+    }
+
+    /// The warning is about the certificate the connection presents, loaded at start: a renewed
+    /// file on disk does not clear it until a restart (or reload to a new target) loads it.
+    #[test]
+    fn a_certificate_warning_stays_until_the_renewed_one_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let now_s = Timestamp::now().0 as i64 / 1000;
+        let cert = |days: i64| {
+            use chrono::Datelike;
+            let t = chrono::DateTime::from_timestamp(now_s + days * 86_400, 0).unwrap();
+            let mut p = rcgen::CertificateParams::new(vec!["hub".to_owned()]).unwrap();
+            p.not_after = rcgen::date_time_ymd(t.year(), t.month() as u8, t.day() as u8);
+            p.self_signed(&key).unwrap().pem()
+        };
+        let pem = dir.path().join("client.pem");
+        std::fs::write(&pem, cert(5)).unwrap();
+        std::fs::write(dir.path().join("client.key"), key.serialize_pem()).unwrap();
+        let mut cfg = Config::default();
+        cfg.mqtt.url = "mqtts://broker.invalid:8883".into();
+        cfg.mqtt.ca_file = Some(pem.clone());
+        cfg.mqtt.client_cert = Some(pem.clone());
+        cfg.mqtt.client_key = Some(dir.path().join("client.key"));
+        let settings = Settings::from_config(&cfg, "h".into()).unwrap();
+        let health = Mutex::new(Health::default());
+        let now = Timestamp::now().0 as i64;
+        assert!(settings.check_certificates(now, &health));
+        let warning = health.lock().unwrap().tls_warning.clone().unwrap();
+        assert!(warning.starts_with("mqtt.client_cert"), "{warning}");
+        // Renewed on disk: the running connection still presents the old one.
+        std::fs::write(&pem, cert(400)).unwrap();
+        assert!(!settings.check_certificates(now, &health));
+        assert!(health.lock().unwrap().tls_warning.is_some());
+        // Loaded (a restart), it is fine.
+        let renewed = Settings::from_config(&cfg, "h".into()).unwrap();
+        renewed.check_certificates(now, &health);
+        assert_eq!(health.lock().unwrap().tls_warning, None);
+        let status: Value = serde_json::from_slice(&renewed.status("online", None)).unwrap();
+        assert!(status.get("warnings").is_none(), "{status}");
     }
 
     /// What rumqttc buffered before a connection failed is not yielded as the new connection's:
