@@ -190,12 +190,9 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// Whether a daemon holds the spool's lock on this data directory.
+/// Whether a daemon has this data directory's spool open.
 fn daemon_running(cfg: &Config) -> bool {
-    let lock = cfg.hub.data_dir.join("spool").join("lock");
-    std::fs::File::open(&lock)
-        .ok()
-        .is_some_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_err())
+    crate::sink::spool::Spool::in_use(&cfg.hub.data_dir.join("spool"))
 }
 
 /// `[health] listen`: a running daemon should answer there and say it is healthy; before it
@@ -218,21 +215,9 @@ async fn health_endpoint(addr: String, running: bool) -> Finding {
             ),
         };
     }
-    let url = format!("http://{addr}/status");
-    let asked = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
-        let body = agent
-            .get(&url)
-            .call()
-            .map_err(|e| format!("nothing answers at {url} ({e})"))?
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| e.to_string())?;
-        serde_json::from_str(&body).map_err(|e| format!("{url} answered, but not as beacond: {e}"))
+    let asked = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || crate::health::ask(&addr)
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));

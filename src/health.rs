@@ -509,6 +509,26 @@ pub fn stopping() {
     ]);
 }
 
+/// Asks the daemon serving on `addr` for its `/status` (blocking, at most 5 s): what `beacond
+/// status` prints and `beacond doctor` judges. `Err` says what went wrong, naming the URL.
+pub fn ask(addr: &str) -> Result<serde_json::Value, String> {
+    let url = format!("http://{addr}/status");
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        // An unhealthy daemon answers with its reasons; they are what the caller wants.
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let body = agent
+        .get(&url)
+        .call()
+        .map_err(|e| format!("cannot ask the daemon at {url}: {e}"))?
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{url}: {e}"))?;
+    serde_json::from_str(&body).map_err(|e| format!("{url} answered, but not as beacond: {e}"))
+}
+
 /// Serves `/metrics`, `/healthz` and `/status` on `addr` (a loopback address: the endpoint has no
 /// authentication) on its own thread until the process ends.
 pub fn serve(addr: &str, health: Health) -> std::io::Result<std::net::SocketAddr> {

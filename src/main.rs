@@ -675,25 +675,24 @@ fn check_config(path: &std::path::Path, effective: bool) -> ExitCode {
             println!("{}", cfg.summary());
             ExitCode::SUCCESS
         }
-        Err(e @ ConfigError::Invalid { .. }) => {
-            eprintln!("{e}");
-            if let ConfigError::Invalid { problems, .. } = &e {
-                eprintln!("{} problem(s) found", problems.len());
-            }
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(2)
-        }
+        Err(e) => config_rejected(&e),
     }
+}
+
+/// Prints why a config file was rejected, every problem and how many, as check-config does.
+fn config_rejected(e: &ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    if let ConfigError::Invalid { problems, .. } = e {
+        eprintln!("{} problem(s) found", problems.len());
+    }
+    ExitCode::from(2)
 }
 
 fn doctor(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     use beacond::doctor::Status;
     let cfg = match Config::load(path) {
         Ok(cfg) => cfg,
-        Err(_) => return Ok(check_config(path, false)),
+        Err(e) => return Ok(config_rejected(&e)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1267,15 +1266,13 @@ fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
-    let url = format!("http://{addr}/status");
-    let body = match ureq::get(&url).call() {
-        Ok(mut r) => r.body_mut().read_to_string()?,
+    let v = match beacond::health::ask(&addr) {
+        Ok(v) => v,
         Err(e) => {
-            eprintln!("beacond status: cannot ask the daemon at {url}: {e}; is beacond running (systemctl status beacond)?");
+            eprintln!("beacond status: {e}; is beacond running (systemctl status beacond)?");
             return Ok(ExitCode::from(2));
         }
     };
-    let v: serde_json::Value = serde_json::from_str(&body)?;
     let healthy = v["healthy"].as_bool().unwrap_or(false);
     if json {
         println!("{v}");

@@ -332,7 +332,16 @@ fn sled_files(dir: &Path) -> bool {
     dir.join("conf").exists() || dir.join("db").exists()
 }
 
+/// The file in the spool's directory whose exclusive lock the open spool holds.
+const LOCK_FILE: &str = "lock";
+
 impl Spool {
+    /// Whether another process (a running daemon) has the spool in `dir` open; changes nothing.
+    pub fn in_use(dir: &Path) -> bool {
+        std::fs::File::open(dir.join(LOCK_FILE))
+            .is_ok_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_err())
+    }
+
     /// Opens (or creates) the spool in `dir`. A spool that will not open is moved aside to
     /// `dir.broken-<unix time>` and a new one started: losing the backlog is bad, refusing to run is
     /// worse. One in use by another process is left alone and reported.
@@ -357,7 +366,7 @@ impl Spool {
             move |source| SpoolError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let lock_path = dir.join("lock");
+        let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
