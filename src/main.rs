@@ -599,8 +599,8 @@ fn demo(
     if let Some(url) = mqtt {
         cfg.mqtt.enabled = true;
         cfg.mqtt.url = url;
-        if let Err(problems) = Config::parse(&toml::to_string(&cfg)?) {
-            for p in problems {
+        if let Err(rejected) = Config::parse(&toml::to_string(&cfg)?) {
+            for p in rejected.problems {
                 eprintln!("beacond demo: --mqtt: {}", p.message);
             }
             return Ok(ExitCode::from(2));
@@ -683,8 +683,8 @@ fn check_config(path: &std::path::Path, effective: bool) -> ExitCode {
 /// Prints why a config file was rejected, every problem and how many, as check-config does.
 fn config_rejected(e: &ConfigError) -> ExitCode {
     eprintln!("{e}");
-    if let ConfigError::Invalid { problems, .. } = e {
-        eprintln!("{} problem(s) found", problems.len());
+    if let ConfigError::Invalid { rejected, .. } = e {
+        eprintln!("{} problem(s) found", rejected.problems.len());
     }
     ExitCode::from(2)
 }

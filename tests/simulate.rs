@@ -280,8 +280,18 @@ fn a_scenario_typo_and_its_broken_references_show_in_one_run() {
         "x.toml:19:1: radio.shadowing_sigma: unknown key",
         "x.toml:10:1: areas[0].zone: no zone has id \"zz\"",
         "x.toml:8:1: zones[0].id: zone \"z\" has no [[areas]] entry",
+        // The radio lost a key, so its values are checked on the next run, and it says so.
+        "x.toml: note: the values in radio are range-checked once the problems above are fixed",
     ] {
         assert!(err.contains(line), "{line} not in {err}");
+    }
+    // A zone that lost a key holds back the tables that refer to zones, named in file order.
+    let held = text.replace("id = \"z\"\n", "id = \"z\"\nenter_rsi = -70\n");
+    match Scenario::parse(&held, "x.toml") {
+        Err(beacond::scan::sim::ScenarioError::Invalid { rejected, .. }) => {
+            assert_eq!(rejected.unchecked, ["zones[0]", "radio", "areas"]);
+        }
+        other => panic!("{:?}", other.map(|_| ())),
     }
 }
 

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::Problem;
+use super::{Problem, Rejected};
 
 /// A 1-based line and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,19 +95,21 @@ pub struct Document<'a> {
 
 impl<'a> Document<'a> {
     /// Parses TOML syntax, reporting every syntax error found.
-    pub fn parse(text: &'a str) -> Result<Document<'a>, Vec<Problem>> {
+    pub fn parse(text: &'a str) -> Result<Document<'a>, Rejected> {
         let (root, errors) = DeTable::parse_recoverable(text);
         if errors.is_empty() {
             return Ok(Document { text, root });
         }
-        Err(errors
-            .iter()
-            .map(|e| Problem {
-                at: LineCol::of(text, e.span().map_or(0, |s| s.start)),
-                key: "(syntax)".into(),
-                message: first_line(e.message()).to_owned(),
-            })
-            .collect())
+        Err(Rejected::at_first_sight(
+            errors
+                .iter()
+                .map(|e| Problem {
+                    at: LineCol::of(text, e.span().map_or(0, |s| s.start)),
+                    key: "(syntax)".into(),
+                    message: first_line(e.message()).to_owned(),
+                })
+                .collect(),
+        ))
     }
 
     /// Deserialises the document and checks it, turning every type or unknown-key error and every
@@ -125,15 +127,16 @@ impl<'a> Document<'a> {
     /// about a default the engineer never wrote would mislead), not in an array that lost an item
     /// (the indices would be off), not anywhere when a top-level key was taken out, and not in
     /// a table `depends` says refers to a table that lost something (`("offers", "zones")`: an
-    /// offer's zone ids are checked against the zones).
+    /// offer's zone ids are checked against the zones). Those held back are named in
+    /// [`Rejected::unchecked`], so the engineer knows the next run may find more.
     pub fn check<T: DeserializeOwned>(
         &self,
         semantic: impl FnOnce(&T) -> Vec<(KeyPath, String)>,
         depends: &[(&str, &str)],
-    ) -> Result<T, Vec<Problem>> {
+    ) -> Result<T, Rejected> {
         let (value, mut problems, touched) = self.recover::<T>();
         let Some(value) = value else {
-            return Err(problems);
+            return Err(Rejected::at_first_sight(problems));
         };
         // A path is read as written when nothing was taken out of it, of what holds it, or of
         // what it holds (a problem about a whole table may be about any of its keys).
@@ -154,7 +157,24 @@ impl<'a> Document<'a> {
             return Ok(value);
         }
         problems.sort_by_key(|p| p.at);
-        Err(problems)
+        let mut unchecked = unchecked(&touched, depends, &intact, &|table| {
+            self.root
+                .get_ref()
+                .iter()
+                .any(|(k, _)| k.get_ref() == table)
+        });
+        // In the order of the problems that held them back; a dependent table comes last.
+        unchecked.sort_by_key(|path| {
+            let first = problems.iter().filter(|p| within(&p.key, path));
+            first
+                .map(|p| p.at)
+                .min()
+                .map_or((1, None), |at| (0, Some(at)))
+        });
+        Err(Rejected {
+            problems,
+            unchecked,
+        })
     }
 
     /// Deserialises with recovery (see [`Document::check`]): the value, if one could be read at
@@ -287,6 +307,29 @@ impl<'a> Document<'a> {
 
 /// The table or array holding `path` ("zones[0].exit_rssi" → "zones[0]", "zones[1]" → "zones",
 /// "bogus" → "", the whole document).
+/// The tables and arrays whose range checks `check` held back, outermost only: each one
+/// something was taken out of, then each table in the file that depends on one.
+fn unchecked(
+    touched: &[String],
+    depends: &[(&str, &str)],
+    intact: &impl Fn(&str) -> bool,
+    in_file: &impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let dependents = depends
+        .iter()
+        .filter(|(table, on)| !intact(on) && in_file(table))
+        .map(|(table, _)| (*table).to_owned());
+    for path in touched.iter().cloned().chain(dependents) {
+        if out.iter().any(|o| within(&path, o)) {
+            continue;
+        }
+        out.retain(|o| !within(o, &path));
+        out.push(path);
+    }
+    out
+}
+
 fn parent(path: &str) -> &str {
     path.rfind(['.', '[']).map_or("", |i| &path[..i])
 }

@@ -537,6 +537,66 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Why a file was not accepted: every problem found, and what could not be checked yet because
+/// of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// Every problem found, in file order.
+    pub problems: Vec<Problem>,
+    /// Tables and arrays whose range checks were held back because part of them (or of a table
+    /// they refer to) could not be read as written, as key paths (`zones[1]`, `offers`); `""`
+    /// when nothing past the problems could be checked (a syntax error, an unknown section).
+    pub unchecked: Vec<String>,
+}
+
+impl Rejected {
+    /// A rejection where nothing past `problems` was checked.
+    pub fn at_first_sight(problems: Vec<Problem>) -> Rejected {
+        Rejected {
+            problems,
+            unchecked: vec![String::new()],
+        }
+    }
+
+    /// Every problem as `ORIGIN:LINE:COL: KEY: MESSAGE`, one a line, then the note on what was
+    /// not checked, if any.
+    pub fn render(&self, origin: &str) -> String {
+        let lines = self.problems.iter().map(|p| {
+            format!(
+                "{origin}:{}:{}: {}: {}",
+                p.at.line, p.at.col, p.key, p.message
+            )
+        });
+        lines
+            .chain(self.unchecked_note(origin))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The last line of a rejection, for `origin` (a file name): what the next run may still
+    /// find, so a field engineer who fixes every listed problem is not surprised by new ones.
+    /// `None` when everything was checked.
+    pub fn unchecked_note(&self, origin: &str) -> Option<String> {
+        if self.unchecked.is_empty() {
+            return None;
+        }
+        if self.unchecked.iter().any(String::is_empty) {
+            return Some(format!(
+                "{origin}: note: the rest of the file is checked once the problems above are fixed; run the check again"
+            ));
+        }
+        let names = match self.unchecked.as_slice() {
+            [one] => one.clone(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+            [] => unreachable!("checked above"),
+        };
+        Some(format!(
+            "{origin}: note: the values in {names} are range-checked once the problems above are fixed (until then \
+             a default stands in for what could not be read); run the check again"
+        ))
+    }
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -549,31 +609,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file was read but is not a valid configuration.
-    #[error("{}", render_problems(path, problems))]
+    #[error("{}", rejected.render(&path.display().to_string()))]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// Every problem found, in file order.
-        problems: Vec<Problem>,
+        /// Every problem found, and what they kept from being checked.
+        rejected: Rejected,
     },
-}
-
-fn render_problems(path: &Path, problems: &[Problem]) -> String {
-    let mut out = String::new();
-    for (i, p) in problems.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        out.push_str(&format!(
-            "{}:{}:{}: {}: {}",
-            path.display(),
-            p.at.line,
-            p.at.col,
-            p.key,
-            p.message
-        ));
-    }
-    out
 }
 
 impl Config {
@@ -583,9 +625,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|problems| ConfigError::Invalid {
+        Config::parse(&text).map_err(|rejected| ConfigError::Invalid {
             path: path.to_owned(),
-            problems,
+            rejected,
         })
     }
 
@@ -593,8 +635,8 @@ impl Config {
     ///
     /// Syntax errors are all reported; so are keys of the wrong name or type (each is set aside
     /// and the rest of the file read again), and with them the semantic problems of every table
-    /// that was read as written.
-    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    /// that was read as written; the tables that were not are named in [`Rejected::unchecked`].
+    pub fn parse(text: &str) -> Result<Config, Rejected> {
         let doc = locate::Document::parse(text)?;
         doc.check(validate::validate, &[("offers", "zones")])
     }

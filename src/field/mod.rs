@@ -438,8 +438,9 @@ pub async fn calibrate(
         let name = file.display().to_string();
         let new = calibrate::write_zone(&text, &name, &opts.zone, &s)?;
         // Never leave a config the daemon would refuse: check it as check-config would.
-        if let Err(problems) = Config::parse(&new) {
-            let msgs: Vec<String> = problems
+        if let Err(rejected) = Config::parse(&new) {
+            let msgs: Vec<String> = rejected
+                .problems
                 .iter()
                 .map(|p| format!("{}:{}: {}: {}", p.at.line, p.at.col, p.key, p.message))
                 .collect();

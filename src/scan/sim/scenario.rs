@@ -8,7 +8,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::config::locate::{Document, KeyPath};
-use crate::config::{Config, PresenceConfig, Problem, ZoneConfig};
+use crate::config::{Config, PresenceConfig, Rejected, ZoneConfig};
 
 /// The scenarios built into the binary, by name (`builtin:NAME`).
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -300,12 +300,12 @@ pub enum ScenarioError {
     #[error(transparent)]
     Override(#[from] super::overrides::OverrideError),
     /// The scenario is not valid.
-    #[error("{}", problems.iter().map(|p| format!("{origin}:{}:{}: {}: {}", p.at.line, p.at.col, p.key, p.message)).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", rejected.render(origin))]
     Invalid {
         /// The file name or `builtin:NAME`.
         origin: String,
-        /// Every problem found.
-        problems: Vec<Problem>,
+        /// Every problem found, and what they kept from being checked.
+        rejected: Rejected,
     },
 }
 
@@ -343,9 +343,9 @@ impl Scenario {
 
     /// Parses and validates scenario text; `origin` names it in messages.
     pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-        let invalid = |problems| ScenarioError::Invalid {
+        let invalid = |rejected| ScenarioError::Invalid {
             origin: origin.to_owned(),
-            problems,
+            rejected,
         };
         let doc = Document::parse(text).map_err(invalid)?;
         // Zones name their hub and are placed by areas; offers name zones.
