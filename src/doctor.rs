@@ -81,8 +81,12 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
             "no daemon is running on this data directory (systemctl start beacond)",
         )
     });
+    // What the running daemon says of itself, when it can be asked.
+    let mut status = None;
     if let Some(addr) = &cfg.health.listen {
-        out.push(health_endpoint(addr.clone(), running).await);
+        let (finding, answer) = health_endpoint(addr.clone(), running).await;
+        out.push(finding);
+        status = answer;
     }
     out.push(source(cfg).await);
     if cfg.mqtt.enabled {
@@ -90,7 +94,14 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
             Ok(how) => Finding::new("mqtt", Status::Ok, how),
             Err(why) => Finding::new("mqtt", Status::Fail, why),
         });
-        out.extend(certificates(cfg, crate::time::Timestamp::now().0 as i64));
+        let loaded = status
+            .as_ref()
+            .and_then(|v| v["mqtt"]["tls_not_after_ms"].as_i64());
+        out.extend(certificates(
+            cfg,
+            crate::time::Timestamp::now().0 as i64,
+            loaded,
+        ));
     }
     out.push(sync(cfg));
     out.push(clock(
@@ -197,9 +208,10 @@ fn daemon_running(cfg: &Config) -> bool {
 
 /// `[health] listen`: a running daemon should answer there and say it is healthy; before it
 /// runs, the port must be free, or the daemon would not start.
-async fn health_endpoint(addr: String, running: bool) -> Finding {
+/// The endpoint's finding, and the daemon's `/status` when it answered.
+async fn health_endpoint(addr: String, running: bool) -> (Finding, Option<serde_json::Value>) {
     if !running {
-        return match std::net::TcpListener::bind(&addr) {
+        let finding = match std::net::TcpListener::bind(&addr) {
             Ok(_) => Finding::new(
                 "health",
                 Status::Ok,
@@ -214,6 +226,7 @@ async fn health_endpoint(addr: String, running: bool) -> Finding {
                 ),
             ),
         };
+        return (finding, None);
     }
     let asked = tokio::task::spawn_blocking({
         let addr = addr.clone();
@@ -222,20 +235,26 @@ async fn health_endpoint(addr: String, running: bool) -> Finding {
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
     match asked {
-        Ok(v) if v["healthy"] == true => Finding::new(
-            "health",
-            Status::Ok,
-            format!("the daemon answers on {addr}: healthy (beacond status for the details)"),
-        ),
-        Ok(v) => Finding::new(
-            "health",
-            Status::Fail,
-            format!(
-                "the daemon answers on {addr}: UNHEALTHY: {}",
-                v["unhealthy_reason"].as_str().unwrap_or("no reason given")
+        Ok(v) if v["healthy"] == true => (
+            Finding::new(
+                "health",
+                Status::Ok,
+                format!("the daemon answers on {addr}: healthy (beacond status for the details)"),
             ),
+            Some(v),
         ),
-        Err(why) => Finding::new("health", Status::Fail, why),
+        Ok(v) => (
+            Finding::new(
+                "health",
+                Status::Fail,
+                format!(
+                    "the daemon answers on {addr}: UNHEALTHY: {}",
+                    v["unhealthy_reason"].as_str().unwrap_or("no reason given")
+                ),
+            ),
+            Some(v),
+        ),
+        Err(why) => (Finding::new("health", Status::Fail, why), None),
     }
 }
 
@@ -333,8 +352,10 @@ async fn bluetooth(wanted: &str) -> Finding {
     }
 }
 
-/// The TLS certificates' dates: the one that expires first, a month ahead.
-fn certificates(cfg: &Config, now_ms: i64) -> Option<Finding> {
+/// The TLS certificates' dates: the one that expires first, a month ahead; and, when the
+/// running daemon said which it loaded (`loaded_ms`, its first expiry), whether those are still
+/// the files' (a renewed certificate is used only after a restart).
+fn certificates(cfg: &Config, now_ms: i64, loaded_ms: Option<i64>) -> Option<Finding> {
     use crate::sink::certs::{self, Standing};
     let files = certs::files(&cfg.mqtt);
     if files.is_empty() {
@@ -347,7 +368,16 @@ fn certificates(cfg: &Config, now_ms: i64) -> Option<Finding> {
             Err(why) => return Some(Finding::new("tls", Status::Fail, why)),
         }
     }
-    let (standing, text) = certs::judge(&expiries, now_ms)?;
+    let (mut standing, mut text) = certs::judge(&expiries, now_ms)?;
+    let on_disk_ms = expiries.iter().map(|e| e.not_after_ms).min()?;
+    if let Some((loaded, more)) =
+        loaded_ms.and_then(|l| certs::against_loaded(on_disk_ms, l, now_ms))
+    {
+        // Files that differ from what the daemon runs with are worth a look even when both
+        // are valid: the next restart changes which certificate the broker sees.
+        standing = standing.max(loaded).max(Standing::Soon);
+        text = format!("{text}; {more}");
+    }
     let status = match standing {
         Standing::Valid => Status::Ok,
         Standing::Soon => Status::Warn,

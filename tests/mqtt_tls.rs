@@ -20,6 +20,31 @@ struct Pki {
     server_key: String,
     client_cert: String,
     client_key: String,
+    /// What signs a renewed client certificate: the CA, its key and the client's key.
+    issuer: (rcgen::Certificate, KeyPair, KeyPair),
+}
+
+impl Pki {
+    /// A client certificate for the same key from the same CA, valid for `days` from today.
+    fn client_pem(&self, days: i64) -> String {
+        let (ca, ca_key, client_key) = &self.issuer;
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, "hub-window");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + days * 86_400;
+        let expiry = chrono::DateTime::from_timestamp(expiry, 0).unwrap();
+        {
+            use chrono::Datelike;
+            p.not_after =
+                rcgen::date_time_ymd(expiry.year(), expiry.month() as u8, expiry.day() as u8);
+        }
+        p.signed_by(client_key, ca, ca_key).unwrap().pem()
+    }
 }
 
 fn write_pki(dir: &Path) -> Pki {
@@ -41,33 +66,22 @@ fn write_pki(dir: &Path) -> Pki {
         .signed_by(&server_key, &ca, &ca_key)
         .unwrap();
     let client_key = KeyPair::generate().unwrap();
-    let mut client_params = named(vec![], "hub-window");
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    // Valid, but for CLIENT_CERT_DAYS more days only: the hub should warn ahead.
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + CLIENT_CERT_DAYS * 86_400;
-    let expiry = chrono::DateTime::from_timestamp(expiry, 0).unwrap();
-    {
-        use chrono::Datelike;
-        client_params.not_after =
-            rcgen::date_time_ymd(expiry.year(), expiry.month() as u8, expiry.day() as u8);
-    }
-    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
     let put = |name: &str, text: String| {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p.display().to_string()
     };
-    Pki {
+    let mut pki = Pki {
         ca: put("ca.pem", ca.pem()),
         server_cert: put("server.pem", server.pem()),
         server_key: put("server.key", server_key.serialize_pem()),
-        client_cert: put("client.pem", client.pem()),
+        client_cert: String::new(),
         client_key: put("client.key", client_key.serialize_pem()),
-    }
+        issuer: (ca, ca_key, client_key),
+    };
+    // Valid, but for CLIENT_CERT_DAYS more days only: the hub should warn ahead.
+    pki.client_cert = put("client.pem", pki.client_pem(CLIENT_CERT_DAYS));
+    pki
 }
 
 fn config(dir: &Path, name: &str, mqtt: &str) -> std::path::PathBuf {
@@ -140,6 +154,10 @@ fn mutual_tls_connects_and_a_missing_client_certificate_is_reported() {
             pki.ca, pki.client_cert, pki.client_key
         ),
     );
+    // The health endpoint, so doctor can ask the daemon which certificates it loaded.
+    let health = format!("127.0.0.1:{}", common::free_port());
+    let text = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(&good, format!("{text}[health]\nlisten = \"{health}\"\n")).unwrap();
     let log = dir.path().join("good.log");
     let mut daemon = start_daemon_logging(&good, Some(&log));
     let online = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -172,22 +190,41 @@ fn mutual_tls_connects_and_a_missing_client_certificate_is_reported() {
         },
     );
     // doctor sees the same, beside the running daemon.
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .args(["doctor", "--json", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let checks = v["checks"].as_array().unwrap();
-    let check = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap().clone();
-    assert_eq!(check("mqtt")["status"], "ok", "{v}");
-    assert_eq!(check("tls")["status"], "warn", "{v}");
+    let doctor = || {
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+            .args(["doctor", "--json", "--config"])
+            .arg(&good)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let check = |name: &str| {
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["check"] == name)
+                .unwrap_or_else(|| panic!("no {name} check: {v}"))
+                .clone()
+        };
+        (check("mqtt"), check("tls"))
+    };
+    let (mqtt, tls) = doctor();
+    assert_eq!(mqtt["status"], "ok", "{mqtt}");
+    assert_eq!(tls["status"], "warn", "{tls}");
+    let detail = tls["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("expires on"), "{detail}");
+    assert!(!detail.contains("running daemon"), "{detail}");
+    // Store IT renew the certificate on disk. The file is fine now, but the daemon still
+    // presents the old one until it restarts, and doctor says so rather than "valid".
+    std::fs::write(&pki.client_cert, pki.client_pem(400)).unwrap();
+    let (_, tls) = doctor();
+    assert_eq!(tls["status"], "warn", "{tls}");
+    let detail = tls["detail"].as_str().unwrap();
+    assert!(detail.contains("is valid until"), "{detail}");
     assert!(
-        check("tls")["detail"]
-            .as_str()
-            .unwrap()
-            .contains("expires on"),
-        "{v}"
+        detail.contains("still uses the certificates it loaded at start")
+            && detail.contains("systemctl restart beacond"),
+        "{detail}"
     );
     let _ = daemon.kill();
     let _ = daemon.wait();

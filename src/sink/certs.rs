@@ -65,8 +65,8 @@ pub fn read(key: &'static str, path: &Path) -> Result<Expiry, String> {
     })
 }
 
-/// How the certificates stand.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the certificates stand, from best to worst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Standing {
     /// Every one is valid for more than [`WARN_DAYS`].
     Valid,
@@ -112,6 +112,40 @@ pub fn judge(expiries: &[Expiry], now_ms: i64) -> Option<(Standing, String)> {
             format!("{what} is valid until {date} ({} days)", left / DAY_MS),
         )
     })
+}
+
+/// What to add when the running daemon loaded certificates whose first expiry, `loaded_ms`, is
+/// not that of the files now (`on_disk_ms`): the files were renewed (or replaced) since it
+/// started, and only a restart loads them. The standing is the loaded certificates' own; `None`
+/// when the two agree.
+pub fn against_loaded(on_disk_ms: i64, loaded_ms: i64, now_ms: i64) -> Option<(Standing, String)> {
+    if on_disk_ms == loaded_ms {
+        return None;
+    }
+    let date = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_else(|| ms.to_string())
+    };
+    let standing = match loaded_ms - now_ms {
+        left if left <= 0 => Standing::Expired,
+        left if left < WARN_DAYS * DAY_MS => Standing::Soon,
+        _ => Standing::Valid,
+    };
+    let text = if on_disk_ms > loaded_ms {
+        format!(
+            "but the running daemon still uses the certificates it loaded at start, the first of \
+             which expires on {}: restart it (systemctl restart beacond) to use the renewed files",
+            date(loaded_ms)
+        )
+    } else {
+        format!(
+            "and the files now expire before the certificates the running daemon loaded at start \
+             ({}): a restart would load them",
+            date(loaded_ms)
+        )
+    };
+    Some((standing, text))
 }
 
 /// The expiries of `files` that can be read; what cannot is the connection's to report.
@@ -167,6 +201,27 @@ mod tests {
         let expired = judge(&[expiry("mqtt.client_cert", 0)], NOW).unwrap();
         assert_eq!(expired.0, Standing::Expired);
         assert!(expired.1.contains("the broker will refuse this hub"));
+    }
+
+    #[test]
+    fn files_renewed_after_the_daemon_loaded_its_certificates_call_for_a_restart() {
+        assert_eq!(against_loaded(NOW + DAY_MS, NOW + DAY_MS, NOW), None);
+        // Renewed on disk for a year; the daemon's copy expires in 5 days.
+        let (standing, text) = against_loaded(NOW + 365 * DAY_MS, NOW + 5 * DAY_MS, NOW).unwrap();
+        assert_eq!(standing, Standing::Soon);
+        assert!(
+            text.contains("still uses the certificates it loaded"),
+            "{text}"
+        );
+        assert!(text.contains("systemctl restart beacond"), "{text}");
+        let (standing, _) = against_loaded(NOW + 365 * DAY_MS, NOW - DAY_MS, NOW).unwrap();
+        assert_eq!(standing, Standing::Expired);
+        let (standing, _) = against_loaded(NOW + 365 * DAY_MS, NOW + 90 * DAY_MS, NOW).unwrap();
+        assert_eq!(standing, Standing::Valid);
+        // Replaced by files that expire sooner: the daemon is fine until it restarts.
+        let (standing, text) = against_loaded(NOW + 5 * DAY_MS, NOW + 365 * DAY_MS, NOW).unwrap();
+        assert_eq!(standing, Standing::Valid);
+        assert!(text.contains("a restart would load them"), "{text}");
     }
 
     #[test]
