@@ -53,6 +53,15 @@ const MQTT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A clock before this has never been set: a Pi without a real-time clock, before NTP.
 const CLOCK_FLOOR_MS: u64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
 
+/// `beacond doctor --json`'s object: `{"config": FILE, "ok": bool, "checks": [...]}`.
+pub fn report(path: &Path, findings: &[Finding]) -> serde_json::Value {
+    serde_json::json!({
+        "config": path.display().to_string(),
+        "ok": findings.iter().all(|f| f.status != Status::Fail),
+        "checks": findings,
+    })
+}
+
 /// Runs every check that applies to `cfg` (already loaded and valid from `path`).
 pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
     let mut out = vec![Finding::new(
@@ -113,7 +122,7 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
 
 /// Whether the kernel's clock is disciplined by NTP (chrony, ntpd or systemd-timesyncd set it),
 /// by a read-only `adjtimex`; `None` where the kernel will not say.
-fn kernel_clock_synced() -> Option<bool> {
+pub fn kernel_clock_synced() -> Option<bool> {
     // SAFETY: a zeroed timex with modes 0 only reads the kernel's state into the struct.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     match unsafe { libc::adjtimex(&mut tx) } {

@@ -512,21 +512,27 @@ pub fn stopping() {
 /// Asks the daemon serving on `addr` for its `/status` (blocking, at most 5 s): what `beacond
 /// status` prints and `beacond doctor` judges. `Err` says what went wrong, naming the URL.
 pub fn ask(addr: &str) -> Result<serde_json::Value, String> {
-    let url = format!("http://{addr}/status");
+    let body = get(addr, "/status")?;
+    serde_json::from_str(&body)
+        .map_err(|e| format!("http://{addr}/status answered, but not as beacond: {e}"))
+}
+
+/// The body the endpoint on `addr` serves at `path` (`/status`, `/metrics`), whatever its HTTP
+/// status: an unhealthy daemon answers with its reasons, and they are what the caller wants.
+pub fn get(addr: &str, path: &str) -> Result<String, String> {
+    let url = format!("http://{addr}{path}");
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(5)))
-        // An unhealthy daemon answers with its reasons; they are what the caller wants.
         .http_status_as_error(false)
         .build()
         .new_agent();
-    let body = agent
+    agent
         .get(&url)
         .call()
         .map_err(|e| format!("cannot ask the daemon at {url}: {e}"))?
         .body_mut()
         .read_to_string()
-        .map_err(|e| format!("{url}: {e}"))?;
-    serde_json::from_str(&body).map_err(|e| format!("{url} answered, but not as beacond: {e}"))
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 /// Serves `/metrics`, `/healthz` and `/status` on `addr` (a loopback address: the endpoint has no

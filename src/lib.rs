@@ -22,4 +22,5 @@ pub mod shutdown;
 pub mod simulate;
 pub mod sink;
 pub mod storage;
+pub mod support;
 pub mod time;

@@ -239,6 +239,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Gather what support needs into one .tar.gz to attach to a ticket: versions, the effective
+    /// config, doctor's findings, the running daemon's status and metrics, what it learned, the
+    /// service's state and its journal. Nothing in it identifies a person.
+    ///
+    /// No customer data goes in (not the customer cache, the spool, the offer caps or a
+    /// recording; of the data directory only file names and sizes), nor the MQTT password file,
+    /// and Bluetooth device addresses and anonymous handles in the journal are masked. README.txt
+    /// inside lists what each file holds and what could not be gathered. On a hub:
+    /// `sudo CREDENTIALS_DIRECTORY=/etc/beacond/credentials beacond support-bundle` (root reads
+    /// the journal; the credentials are for doctor's broker login). Exit 0 when it was written.
+    SupportBundle {
+        #[command(flatten)]
+        config: ConfigPath,
+        /// Where to write it [default: ./beacond-support-STORE-HUB-TIME.tar.gz].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// How far back the journal goes, as journalctl --since takes it.
+        #[arg(long, default_value = "3 days ago")]
+        since: String,
+        /// Skip doctor's checks (they log in to the broker, which can take 10 s).
+        #[arg(long)]
+        no_doctor: bool,
+    },
     /// Offer rules: see what they would do.
     Offers {
         #[command(subcommand)]
@@ -494,6 +517,19 @@ fn main() -> ExitCode {
         }
         Command::Status { config, json } => status(&config.config, json),
         Command::Doctor { config, json } => doctor(&config.config, json),
+        Command::SupportBundle {
+            config,
+            output,
+            since,
+            no_doctor,
+        } => support_bundle(
+            beacond::support::Options {
+                config: config.config,
+                since,
+                doctor: !no_doctor,
+            },
+            output,
+        ),
         Command::Offers {
             action:
                 OffersAction::Explain {
@@ -689,6 +725,33 @@ fn config_rejected(e: &ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
+fn support_bundle(
+    opts: beacond::support::Options,
+    output: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let now = chrono::DateTime::from_timestamp_millis(beacond::time::Timestamp::now().0 as i64)
+        .unwrap_or_default();
+    let bundle = runtime.block_on(beacond::support::gather(&opts, now));
+    let path = output.unwrap_or_else(|| PathBuf::from(format!("{}.tar.gz", bundle.name)));
+    match beacond::support::write(&bundle, &path, now.timestamp().max(0) as u64) {
+        Ok(size) => {
+            println!("wrote {} ({size} bytes):", path.display());
+            for line in &bundle.contents {
+                println!("  {line}");
+            }
+            println!("Attach it to the support ticket; README.txt inside says what it holds.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("beacond support-bundle: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn doctor(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     use beacond::doctor::Status;
     let cfg = match Config::load(path) {
@@ -702,12 +765,7 @@ fn doctor(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let failed = findings.iter().filter(|f| f.status == Status::Fail).count();
     let warned = findings.iter().filter(|f| f.status == Status::Warn).count();
     if json {
-        let v = serde_json::json!({
-            "config": path.display().to_string(),
-            "ok": failed == 0,
-            "checks": findings,
-        });
-        println!("{v}");
+        println!("{}", beacond::doctor::report(path, &findings));
     } else {
         for f in &findings {
             let status = match f.status {

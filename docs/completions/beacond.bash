@@ -61,6 +61,9 @@ _beacond() {
             beacond,status)
                 cmd="beacond__subcmd__status"
                 ;;
+            beacond,support-bundle)
+                cmd="beacond__subcmd__support__subcmd__bundle"
+                ;;
             beacond,sync-keygen)
                 cmd="beacond__subcmd__sync__subcmd__keygen"
                 ;;
@@ -145,6 +148,9 @@ _beacond() {
             beacond__subcmd__help,status)
                 cmd="beacond__subcmd__help__subcmd__status"
                 ;;
+            beacond__subcmd__help,support-bundle)
+                cmd="beacond__subcmd__help__subcmd__support__subcmd__bundle"
+                ;;
             beacond__subcmd__help,sync-keygen)
                 cmd="beacond__subcmd__help__subcmd__sync__subcmd__keygen"
                 ;;
@@ -188,7 +194,7 @@ _beacond() {
 
     case "${cmd}" in
         beacond)
-            opts="-h -V --help --version run check-config decode demo simulate token cache sync-publish scan record calibrate status doctor offers sync-keygen completions man help"
+            opts="-h -V --help --version run check-config decode demo simulate token cache sync-publish scan record calibrate status doctor support-bundle offers sync-keygen completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -524,7 +530,7 @@ _beacond() {
             return 0
             ;;
         beacond__subcmd__help)
-            opts="run check-config decode demo simulate token cache sync-publish scan record calibrate status doctor offers sync-keygen completions man help"
+            opts="run check-config decode demo simulate token cache sync-publish scan record calibrate status doctor support-bundle offers sync-keygen completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -804,6 +810,20 @@ _beacond() {
             return 0
             ;;
         beacond__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        beacond__subcmd__help__subcmd__support__subcmd__bundle)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1131,6 +1151,40 @@ _beacond() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        beacond__subcmd__support__subcmd__bundle)
+            opts="-c -o -h -V --config --output --since --no-doctor --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
