@@ -42,12 +42,25 @@ fn fake_systemd(dir: &Path) -> PathBuf {
     bin
 }
 
-fn path_with(bin: &Path) -> String {
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+/// Runs `beacond support-bundle ARGS… --config CONFIG` in `cwd` with the stand-ins in `bin`
+/// first on the PATH.
+fn support_bundle(args: &[&str], config: &Path, bin: &Path, cwd: &Path) -> std::process::Output {
+    Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .arg("support-bundle")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .current_dir(cwd)
+        .output()
+        .unwrap()
 }
 
 /// Every file of the bundle at `path`, by its name inside the bundle's directory.
@@ -108,14 +121,13 @@ fn a_bundle_holds_what_support_needs_and_nothing_that_names_a_person() {
     );
     let bin = fake_systemd(dir.path());
     let out_path = dir.path().join("bundle.tar.gz");
-    let out = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .args(["support-bundle", "--since", "2 days ago", "--config"])
-        .arg(&cfg_path)
-        .arg("--output")
-        .arg(&out_path)
-        .env("PATH", path_with(&bin))
-        .output()
-        .unwrap();
+    let output = out_path.to_str().unwrap();
+    let out = support_bundle(
+        &["--since", "2 days ago", "--output", output],
+        &cfg_path,
+        &bin,
+        dir.path(),
+    );
     common::assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -209,14 +221,12 @@ fn a_bundle_holds_what_support_needs_and_nothing_that_names_a_person() {
     let _ = daemon.wait();
 
     // A second bundle never replaces the first.
-    let again = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .args(["support-bundle", "--no-doctor", "--config"])
-        .arg(&cfg_path)
-        .arg("--output")
-        .arg(&out_path)
-        .env("PATH", path_with(&bin))
-        .output()
-        .unwrap();
+    let again = support_bundle(
+        &["--no-doctor", "--output", output],
+        &cfg_path,
+        &bin,
+        dir.path(),
+    );
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
@@ -230,13 +240,7 @@ fn a_config_that_does_not_load_is_bundled_with_its_problems() {
     let text = "[hub]\nstore_id = \"s1\"\n[[zones]]\nid = \"till\"\nenter_rsi = -70\n";
     std::fs::write(&cfg_path, text).unwrap();
     let bin = fake_systemd(dir.path());
-    let out = Command::new(assert_cmd::cargo::cargo_bin("beacond"))
-        .args(["support-bundle", "--config"])
-        .arg(&cfg_path)
-        .env("PATH", path_with(&bin))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = support_bundle(&[], &cfg_path, &bin, dir.path());
     common::assert_success(&out);
     let bundle = std::fs::read_dir(dir.path())
         .unwrap()
