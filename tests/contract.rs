@@ -216,3 +216,187 @@ fn sync_batches_and_requests_match_their_schemas() {
     assert!(req.is_valid(&serde_json::to_value(r).unwrap()));
     assert!(!req.is_valid(&serde_json::json!({"from_seq": 0})));
 }
+
+/// The contract as released with beacond 0.1.0: schema 1, frozen.
+fn released() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/contract/asyncapi-schema-1.yaml"
+    );
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Which way a schema's payloads travel: what the hub publishes must keep every field, type and
+/// bound a consumer may rely on; what it receives must keep being accepted.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    Published,
+    Received,
+}
+
+/// Where `now` breaks a consumer (or, for a received schema, a producer) of `then`: one line
+/// per break, naming the path.
+fn breaks(then: &Value, now: &Value, path: &str, way: Way, out: &mut Vec<String>) {
+    let mut broke = |what: String| out.push(format!("{path}: {what}"));
+    if now.is_null() {
+        broke("removed".into());
+        return;
+    }
+    for key in ["type", "const", "format", "pattern", "$ref", "allOf"] {
+        if !then[key].is_null() && then[key] != now[key] {
+            broke(format!("{key} was {}, is {}", then[key], now[key]));
+        }
+    }
+    let set = |v: &Value| -> Vec<Value> { v.as_array().cloned().unwrap_or_default() };
+    let (wider, narrower) = match way {
+        Way::Published => (now, then),
+        Way::Received => (then, now),
+    };
+    // A published enum may not gain a value (a consumer's match would miss it); a received
+    // one may not lose one (a producer sending it would be refused).
+    if !then["enum"].is_null() {
+        for v in set(&wider["enum"]) {
+            if !set(&narrower["enum"]).contains(&v) {
+                broke(format!("enum value {v} added or removed the wrong way"));
+            }
+        }
+    }
+    // Required published fields stay required; received ones never become required.
+    for v in set(&narrower["required"]) {
+        if !set(&wider["required"]).contains(&v) {
+            broke(format!("{v} is no longer required, or newly required"));
+        }
+    }
+    // Bounds: a published value stays within them, a received one keeps being accepted.
+    for (key, lower) in [("minimum", true), ("minLength", true), ("maximum", false)] {
+        let (w, n) = (wider[key].as_f64(), narrower[key].as_f64());
+        if let Some(n) = n {
+            let ok = w.is_some_and(|w| if lower { w >= n } else { w <= n });
+            if !ok {
+                broke(format!("{key} was {}, is {}", then[key], now[key]));
+            }
+        }
+    }
+    if let Some(props) = then["properties"].as_object() {
+        for (name, schema) in props {
+            let inner = format!("{path}.{name}");
+            breaks(schema, &now["properties"][name], &inner, way, out);
+        }
+    }
+    if !then["items"].is_null() {
+        breaks(
+            &then["items"],
+            &now["items"],
+            &format!("{path}[]"),
+            way,
+            out,
+        );
+    }
+}
+
+/// Every break of `then` by `now`, over the payload schemas.
+fn contract_breaks(then: &Value, now: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let schemas = then["components"]["schemas"].as_object().unwrap();
+    for (name, schema) in schemas {
+        let way = match name.as_str() {
+            "syncBody" | "customer" => Way::Received,
+            _ => Way::Published,
+        };
+        let now = &now["components"]["schemas"][name];
+        breaks(schema, now, name, way, &mut out);
+    }
+    out
+}
+
+#[test]
+fn schema_1_only_grows_from_what_was_released() {
+    let now = asyncapi();
+    assert_eq!(
+        now["info"]["version"], "1",
+        "a new schema needs a new frozen copy"
+    );
+    let found = contract_breaks(&released(), &now);
+    assert!(
+        found.is_empty(),
+        "docs/asyncapi.yaml breaks schema 1 as released; bump the schema instead:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_compatibility_check_finds_each_kind_of_break() {
+    let then = released();
+    let changed = |f: &dyn Fn(&mut Value)| {
+        let mut now = then.clone();
+        f(&mut now["components"]["schemas"]);
+        contract_breaks(&then, &now)
+    };
+    // Additions a consumer can ignore are fine.
+    assert_eq!(
+        changed(
+            &|s| s["presence"]["properties"]["zone_name"] = serde_json::json!({"type": "string"})
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        changed(&|s| {
+            s["syncBody"]["properties"]["type"]["enum"]
+                .as_array_mut()
+                .unwrap()
+                .push("patch".into())
+        }),
+        Vec::<String>::new()
+    );
+    let one = |found: Vec<String>, path: &str| {
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with(path), "{found:?}");
+    };
+    one(
+        changed(&|s| {
+            s["presence"]["properties"]
+                .as_object_mut()
+                .unwrap()
+                .remove("distance_m");
+        }),
+        "presence.distance_m: removed",
+    );
+    one(
+        changed(&|s| s["presence"]["properties"]["rssi"]["type"] = "integer".into()),
+        "presence.rssi: type",
+    );
+    one(
+        changed(&|s| {
+            s["presence"]["properties"]["reason"]["enum"]
+                .as_array_mut()
+                .unwrap()
+                .push("teleported".into())
+        }),
+        "presence.reason: enum",
+    );
+    one(
+        changed(&|s| {
+            s["syncBody"]["properties"]["type"]["enum"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|v| v != "delta")
+        }),
+        "syncBody.type: enum",
+    );
+    one(
+        changed(&|s| {
+            s["headcount"]["properties"]["zones"]["items"]["properties"]["known"]["minimum"] =
+                (-1).into()
+        }),
+        "headcount.zones[].known: minimum",
+    );
+    one(
+        changed(&|s| {
+            s["stats"]["required"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|v| v != "tracked")
+        }),
+        "stats: \"tracked\" is no longer required",
+    );
+}
