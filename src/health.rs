@@ -147,6 +147,9 @@ pub struct MqttSnapshot {
     /// Within a month of that, or after it: what to do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_warning: Option<String>,
+    /// Another daemon publishes as this hub (a shared `hub_id`): what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub twin_warning: Option<String>,
 }
 
 /// The shared health state.
@@ -222,6 +225,7 @@ impl Health {
                 disk_low: h.disk_low,
                 tls_not_after_ms: h.tls_not_after_ms,
                 tls_warning: h.tls_warning.clone(),
+                twin_warning: h.twin_warning.clone(),
             });
         }
         s
@@ -254,6 +258,9 @@ impl Health {
             }
             if m.tls_warning.is_some() {
                 line.push_str(" — TLS CERTIFICATE EXPIRES SOON (beacond status)");
+            }
+            if m.twin_warning.is_some() {
+                line.push_str(" — ANOTHER HUB PUBLISHES AS THIS ONE (beacond status)");
             }
         }
         if let Err(why) = self.check(now) {

@@ -1395,6 +1395,9 @@ fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         if let Some(w) = v["mqtt"]["tls_warning"].as_str() {
             println!("TLS: {w}");
         }
+        if let Some(w) = v["mqtt"]["twin_warning"].as_str() {
+            println!("DUPLICATE HUB: {w}");
+        }
         if !v["sync_seq"].is_null() {
             println!("customers {} (sync seq {})", v["customers"], v["sync_seq"]);
         }

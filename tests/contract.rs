@@ -155,7 +155,15 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
         &settings.status("offline", Some("reconfigured")),
         "offline status after moving brokers",
     );
-    check(&status, &last_will_payload("store-1", "hub-1"), "last will");
+    check(
+        &status,
+        &last_will_payload(
+            "store-1",
+            "hub-1",
+            beacond::time::Timestamp(1_800_000_000_000),
+        ),
+        "last will",
+    );
 }
 
 #[test]

@@ -577,3 +577,74 @@ fn a_full_card_holds_events_in_memory_and_loses_none() {
         "{statuses:?}"
     );
 }
+
+/// Two hubs with one hub_id (a copied SD card): with the same client id the broker lets one on
+/// at a time and they throw each other off. Each finds the other from the hub's own retained
+/// status, says so in its log and in the status the platform sees, and keeps running.
+#[test]
+fn two_hubs_sharing_a_hub_id_each_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let sub = Subscriber::start(broker.port, "platform-twin", "beacond/s9/+/status", true);
+    let mut daemons = Vec::new();
+    let mut logs = Vec::new();
+    for name in ["a", "b"] {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let cfg = daemon_config(&home, "s9", &broker.url(), 50.0);
+        let log = home.join("daemon.log");
+        daemons.push(common::start_daemon_logging(&cfg, Some(&log)));
+        logs.push(log);
+        // The second starts after the first is on the broker, as the copied card's hub would.
+        sub.wait_for("the first hub online", Duration::from_secs(20), |m| {
+            m.iter().any(|(_, v, _)| v["state"] == "online")
+        });
+    }
+    let said = "another beacond publishes as store s9 hub hub-window";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let texts: Vec<String> = logs
+            .iter()
+            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            .collect();
+        if texts.iter().all(|t| t.contains(said)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not both found the other:\n{texts:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sub.wait_for("the warning in the status", Duration::from_secs(10), |m| {
+        m.iter().any(|(t, v, _)| {
+            t == "beacond/s9/hub-window/status"
+                && v["warnings"].as_array().is_some_and(|w| {
+                    w.iter()
+                        .any(|w| w.as_str().is_some_and(|w| w.contains("share this hub_id")))
+                })
+        })
+    });
+    for d in &mut daemons {
+        assert!(d.try_wait().unwrap().is_none(), "both keep running");
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+
+    // One hub again, killed and restarted: the statuses and Last Wills of the dead runs (the
+    // twins' among them) are not mistaken for another hub.
+    let cfg = daemon_config(&dir.path().join("a"), "s9", &broker.url(), 50.0);
+    for run in 0..3 {
+        let log = dir.path().join(format!("alone-{run}.log"));
+        let mut daemon = common::start_daemon_logging(&cfg, Some(&log));
+        let seen = sub.messages().len();
+        sub.wait_for("online again", Duration::from_secs(20), |m| {
+            m[seen..].iter().any(|(_, v, _)| v["state"] == "online")
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains("another beacond"), "run {run}:\n{text}");
+    }
+}

@@ -10,6 +10,7 @@ pub mod mqtt;
 pub mod spool;
 pub mod stdout;
 pub mod terminal;
+pub mod twin;
 
 use serde::{Serialize, Serializer};
 

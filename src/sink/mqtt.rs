@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::inflight::InFlight;
 use super::spool::{DiskState, Message, Priority, Spool};
+use super::twin::{Twin, TwinWatch};
 use super::Record;
 use crate::config::{Config, MqttConfig};
 use crate::shutdown::Shutdown;
@@ -134,12 +135,16 @@ pub struct Health {
     pub tls_not_after_ms: Option<i64>,
     /// Within a month of that, or after it: what to do.
     pub tls_warning: Option<String>,
+    /// Another daemon publishes as this hub (a shared `hub_id`): what to do.
+    pub twin_warning: Option<String>,
 }
 
 /// The status notice's key while the card is low on space or refuses the spool's writes.
 const SPOOL_NOTICE: &str = "spool_disk";
 /// The key of the notice about certificates that expire soon (or did).
 const CERT_NOTICE: &str = "certificate";
+/// The key of the notice about another daemon publishing as this hub.
+const TWIN_NOTICE: &str = "duplicate_hub";
 /// How often the loaded certificates' dates are judged again: they do not change, the calendar
 /// does.
 const CERT_CHECK: Duration = Duration::from_secs(6 * 3600);
@@ -191,13 +196,15 @@ impl std::fmt::Debug for Settings {
 }
 
 /// The Last Will: the broker publishes it (retained) when the hub vanishes without a goodbye.
-pub fn last_will_payload(store: &str, hub: &str) -> Vec<u8> {
+pub fn last_will_payload(store: &str, hub: &str, started_at: Timestamp) -> Vec<u8> {
+    // started_at tells this daemon's Will from another's with the same hub id (sink::twin).
     serde_json::to_vec(&json!({
         "schema": SCHEMA_VERSION,
         "state": "offline",
         "reason": "connection lost",
         "store": store,
         "hub": hub,
+        "started_at": started_at.to_rfc3339(),
     }))
     .expect("JSON of strings")
 }
@@ -360,9 +367,10 @@ impl Settings {
         let m = &cfg.mqtt;
         let topics = Topics::new(&m.topic_prefix, &cfg.hub.store_id, &cfg.hub.hub_id);
         let mut options = connect_options(m, cfg.mqtt_client_id())?;
+        let started_at = Timestamp::now();
         options.set_last_will(LastWill::new(
             &topics.status,
-            last_will_payload(&cfg.hub.store_id, &cfg.hub.hub_id),
+            last_will_payload(&cfg.hub.store_id, &cfg.hub.hub_id, started_at),
             QoS::AtLeastOnce,
             true,
         ));
@@ -371,7 +379,7 @@ impl Settings {
             topics,
             store: cfg.hub.store_id.clone(),
             hub: cfg.hub.hub_id.clone(),
-            started_at: Timestamp::now(),
+            started_at,
             config_hash,
             warnings: Vec::new(),
             // Read alongside the TLS settings above: what the connection presents, not what a
@@ -379,6 +387,19 @@ impl Settings {
             cert_expiries: super::certs::read_all(&super::certs::files(m)),
             notices: Default::default(),
         })
+    }
+
+    /// Carries this run's start over to settings made for a new target: the status says when
+    /// the daemon started, and the Last Will names the same run (or it would look like another
+    /// daemon's, sink::twin).
+    pub fn keep_started_at(&mut self, started_at: Timestamp) {
+        self.started_at = started_at;
+        self.options.set_last_will(LastWill::new(
+            &self.topics.status,
+            last_will_payload(&self.store, &self.hub, started_at),
+            QoS::AtLeastOnce,
+            true,
+        ));
     }
 
     /// Adds a problem the platform should see in the hub's retained status (e.g. a spool that had to
@@ -634,7 +655,7 @@ pub async fn run(
                 // What the platform should still see carries over to the new broker.
                 new.warnings = settings.warnings.clone();
                 new.notices = settings.notices.clone();
-                new.started_at = settings.started_at;
+                new.keep_started_at(settings.started_at);
                 // The new target may name other certificates: judge them before it connects.
                 new.check_certificates(Timestamp::now().0 as i64, &health);
                 settings = new.clone();
@@ -819,8 +840,16 @@ async fn connect_loop(
     let mut ever_connected = false;
     let mut attempt = 0u32;
     let mut inflight = InFlight::new();
+    let mut twin = TwinWatch::new(settings.started_at);
     loop {
         health.lock().expect("health lock").last_loop_ms = Timestamp::now().0;
+        // The loop goes round at least every keep-alive, often enough to withdraw the warning.
+        if let Some(gone) = twin.poll(Timestamp::now()) {
+            on_twin(gone, &settings, &health);
+            if connected {
+                publish_online(&client, &settings, &mut inflight);
+            }
+        }
         if let Some(acked) = inflight.take_acked(WINDOW) {
             spool.lock().await.remove(&acked);
             health.lock().expect("health lock").acknowledged += acked.len() as u64;
@@ -874,17 +903,13 @@ async fn connect_loop(
                     attempt = 0;
                     // A clean session dropped whatever was in flight: start over from the spool.
                     inflight.restart();
-                    if client
-                        .try_publish(
-                            settings.topics.status.clone(),
-                            QoS::AtLeastOnce,
-                            true,
-                            settings.status("online", None),
-                        )
-                        .is_ok()
-                    {
-                        inflight.handed_other();
+                    // Subscribed before saying "online", so the retained status that comes back
+                    // is the last one before this connection: another daemon's, if one took
+                    // this hub's place while it was away (sink::twin).
+                    if let Err(e) = client.try_subscribe(settings.topics.status.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!(error = %e, "cannot subscribe to this hub's status");
                     }
+                    publish_online(&client, &settings, &mut inflight);
                     if let Some(tx) = &sync_in {
                         // Clean sessions drop subscriptions: subscribe on every connection.
                         if let Err(e) = client.try_subscribe(settings.topics.sync_customers.clone(), QoS::AtLeastOnce) {
@@ -911,6 +936,12 @@ async fn connect_loop(
                         inflight.forget();
                         connected = false;
                         let _ = client.try_disconnect();
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == settings.topics.status => {
+                    if let Some(found) = twin.on_status(Timestamp::now(), &p.payload, p.retain) {
+                        on_twin(found, &settings, &health);
+                        publish_online(&client, &settings, &mut inflight);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => forward_sync(sync_in.as_ref(), &settings, &p),
@@ -947,6 +978,9 @@ async fn connect_loop(
                     let (host, port) = new.options.broker_address();
                     tracing::info!(%host, port, "MQTT target changed by a reload; connecting to it");
                     settings = new;
+                    // Other topics, perhaps another broker: what was seen on the old ones is moot.
+                    twin = TwinWatch::new(settings.started_at);
+                    on_twin(Twin::Gone, &settings, &health);
                     (client, eventloop) = AsyncClient::new(settings.options.clone(), WINDOW * 2);
                     connected = false;
                     attempt = 0;
@@ -958,12 +992,7 @@ async fn connect_loop(
                 }
             }
             _ = status_changed.notified(), if connected => {
-                if client
-                    .try_publish(settings.topics.status.clone(), QoS::AtLeastOnce, true, settings.status("online", None))
-                    .is_ok()
-                {
-                    inflight.handed_other();
-                }
+                publish_online(&client, &settings, &mut inflight);
             }
             req = recv_some(&mut sync_requests), if connected => {
                 if let Some(payload) = req {
@@ -1007,6 +1036,39 @@ fn take_stale_publishes(eventloop: &mut rumqttc::EventLoop) -> Vec<rumqttc::Publ
 }
 
 /// Passes a batch from the customer sync topic on to the sync stage.
+/// Publishes the retained `online` status with the current warnings.
+fn publish_online(client: &AsyncClient, settings: &Settings, inflight: &mut InFlight) {
+    if client
+        .try_publish(
+            settings.topics.status.clone(),
+            QoS::AtLeastOnce,
+            true,
+            settings.status("online", None),
+        )
+        .is_ok()
+    {
+        inflight.handed_other();
+    }
+}
+
+/// Says what the twin watch found: the log, the status notice and the health endpoint.
+fn on_twin(change: Twin, settings: &Settings, health: &Mutex<Health>) {
+    let text = match change {
+        Twin::Found(text) => {
+            tracing::error!("{text}");
+            Some(text)
+        }
+        Twin::Gone => {
+            if health.lock().expect("health lock").twin_warning.is_some() {
+                tracing::info!("no other beacond has published as this hub for a while; the warning is withdrawn");
+            }
+            None
+        }
+    };
+    health.lock().expect("health lock").twin_warning = text.clone();
+    settings.set_notice(TWIN_NOTICE, text);
+}
+
 fn forward_sync(
     sync_in: Option<&mpsc::Sender<SyncInput>>,
     settings: &Settings,
