@@ -29,7 +29,8 @@ pub enum Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     /// What was checked: `config`, `data_dir`, `daemon`, `bluetooth` (or `source` for a replay or
-    /// simulated source), `health` (with `[health] listen`), `mqtt`, `tls` (certificate dates),
+    /// simulated source), `health` (with `[health] listen`), `mqtt`, `hub_id` (whether another
+    /// hub is online under this one's id), `tls` (certificate dates),
     /// `sync`, `clock`.
     pub check: &'static str,
     /// How it came out.
@@ -99,10 +100,13 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
     }
     out.push(source(cfg).await);
     if cfg.mqtt.enabled {
-        out.push(match crate::sink::mqtt::probe(cfg, MQTT_TIMEOUT).await {
-            Ok(how) => Finding::new("mqtt", Status::Ok, how),
-            Err(why) => Finding::new("mqtt", Status::Fail, why),
-        });
+        match crate::sink::mqtt::probe(cfg, MQTT_TIMEOUT).await {
+            Ok(probed) => {
+                out.push(Finding::new("mqtt", Status::Ok, probed.how));
+                out.push(hub_id(cfg, running, probed.retained_status.as_ref()));
+            }
+            Err(why) => out.push(Finding::new("mqtt", Status::Fail, why)),
+        }
         let loaded = status
             .as_ref()
             .and_then(|v| v["mqtt"]["tls_not_after_ms"].as_i64());
@@ -357,6 +361,52 @@ async fn bluetooth(wanted: &str) -> Finding {
             "bluetooth",
             Status::Ok,
             format!("bluetoothd is running; adapters: {list}; the daemon scans with {name}"),
+        ),
+    }
+}
+
+/// What the broker's retained status for this hub says: with no daemon running here, an
+/// `online` one is another hub using this `hub_id` (the daemon, once started, would say so too,
+/// but by then the two are throwing each other off the broker).
+fn hub_id(cfg: &Config, running: bool, status: Option<&serde_json::Value>) -> Finding {
+    let who = format!("store {} hub {}", cfg.hub.store_id, cfg.hub.hub_id);
+    let Some(v) = status else {
+        return Finding::new(
+            "hub_id",
+            Status::Ok,
+            format!("no status for {who} on the broker yet: no other hub uses this hub_id"),
+        );
+    };
+    let field = |k: &str| v[k].as_str().unwrap_or("?").to_owned();
+    match (v["state"].as_str(), running) {
+        (Some("online"), false) => Finding::new(
+            "hub_id",
+            Status::Warn,
+            format!(
+                "the broker says {who} is online (beacond {}, started {}) but no daemon runs \
+                 here: another hub uses this hub_id (a copied SD card?), or a daemon here runs \
+                 with another data_dir. Give each hub its own [hub] hub_id",
+                field("version"),
+                field("started_at")
+            ),
+        ),
+        (Some("online"), true) => Finding::new(
+            "hub_id",
+            Status::Ok,
+            format!(
+                "the broker has {who} online (started {}); the daemon reports another hub with \
+                 this hub_id in its status",
+                field("started_at")
+            ),
+        ),
+        (state, _) => Finding::new(
+            "hub_id",
+            Status::Ok,
+            format!(
+                "the broker last heard {who} say {} ({}): no hub is online with this hub_id",
+                state.unwrap_or("?"),
+                v["reason"].as_str().unwrap_or("no reason given")
+            ),
         ),
     }
 }

@@ -224,8 +224,9 @@ enum Command {
         json: bool,
     },
     /// Check this hub before (or while) the daemon runs: the config, the data directory, the health
-    /// endpoint, Bluetooth, the MQTT broker (a real login) and its TLS certificates' dates, customer
-    /// sync and the clock, each with what to do when it is wrong.
+    /// endpoint, Bluetooth, the MQTT broker (a real login), whether another hub is online under
+    /// this hub's id, the TLS certificates' dates, customer sync and the clock, each with what to
+    /// do when it is wrong.
     ///
     /// Changes nothing: no adapter is powered on, no store is created, and the broker login uses
     /// its own client id, so it is safe next to a running daemon. On a hub:

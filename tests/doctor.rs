@@ -107,6 +107,9 @@ fn a_healthy_hub_passes_every_check() {
         .1
         .contains(&format!("logged in to 127.0.0.1:{} as hub", broker.port)));
     assert!(finding(&checks, "data_dir").1.contains("is writable"));
+    assert!(finding(&checks, "hub_id")
+        .1
+        .contains("no other hub uses this hub_id"));
     assert!(finding(&checks, "health")
         .1
         .contains("is free for the endpoint"));
@@ -232,6 +235,20 @@ fn running_next_to_the_daemon_disturbs_nothing() {
         "{checks:#?}"
     );
     assert_eq!(code, 0, "{checks:#?}");
+    assert_eq!(finding(&checks, "hub_id").0, "ok", "{checks:#?}");
+    // The same hub id set up on a second hub (a copied card: another data directory here),
+    // before its daemon is started: doctor finds the first one online.
+    let second = dir.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    let copy = config(&second, &broker, &second.join("data"), "");
+    let (code, checks) = doctor(&copy, &bus, &creds);
+    let (status, detail) = finding(&checks, "hub_id");
+    assert_eq!(status, "warn", "{checks:#?}");
+    assert!(
+        detail.contains("store s1 hub h1 is online") && detail.contains("its own [hub] hub_id"),
+        "{detail}"
+    );
+    assert_eq!(code, 0, "a warning, not a failure: {checks:#?}");
     // Give a Last Will or a taken-over session time to show.
     std::thread::sleep(Duration::from_secs(2));
     let states: Vec<Value> = sub

@@ -319,7 +319,10 @@ fn connect_options(m: &MqttConfig, client_id: String) -> Result<MqttOptions, Mqt
 /// The client id is the daemon's with `-doctor` appended, since a broker drops the older of two
 /// sessions with one id, and there is no Last Will: a probe that ends must not tell the platform
 /// that the hub went offline.
-pub async fn probe(cfg: &Config, timeout: Duration) -> Result<String, String> {
+///
+/// It also reads the hub's retained status, which says whether some daemon is online as this
+/// hub: before the daemon here is started, that is another hub with the same `hub_id`.
+pub async fn probe(cfg: &Config, timeout: Duration) -> Result<Probed, String> {
     let options = connect_options(&cfg.mqtt, format!("{}-doctor", cfg.mqtt_client_id()))
         .map_err(|e| e.to_string())?;
     let (host, port) = options.broker_address();
@@ -353,12 +356,51 @@ pub async fn probe(cfg: &Config, timeout: Duration) -> Result<String, String> {
             timeout.as_secs()
         )),
     };
-    if result.is_ok() {
-        // A clean goodbye, so the broker does not log a dropped client; best effort.
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    let how = result?;
+    let status_topic =
+        Topics::new(&cfg.mqtt.topic_prefix, &cfg.hub.store_id, &cfg.hub.hub_id).status;
+    let mut retained_status = None;
+    if client
+        .try_subscribe(status_topic.clone(), QoS::AtLeastOnce)
+        .is_ok()
+    {
+        // The retained message follows the SUBACK at once; an ACL that refuses the subscription
+        // or a topic nobody has used yet gives nothing, and the wait ends.
+        let read = async {
+            let mut acked = false;
+            loop {
+                let wait = if acked { STATUS_WAIT } else { timeout };
+                match tokio::time::timeout(wait, eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => acked = true,
+                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == status_topic => {
+                        return serde_json::from_slice::<Value>(&p.payload).ok();
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) | Err(_) => return None,
+                }
+            }
+        };
+        retained_status = read.await;
     }
-    result
+    // A clean goodbye, so the broker does not log a dropped client; best effort.
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    Ok(Probed {
+        how,
+        retained_status,
+    })
+}
+
+/// How long a probe waits for a retained status after its subscription is acknowledged.
+const STATUS_WAIT: Duration = Duration::from_millis(500);
+
+/// What [`probe`] found.
+#[derive(Clone, Debug)]
+pub struct Probed {
+    /// How it logged in, in words.
+    pub how: String,
+    /// The hub's retained status on the broker, if there is one.
+    pub retained_status: Option<Value>,
 }
 
 impl Settings {
