@@ -4,7 +4,9 @@
 //! A bundle leaves the hub, so it holds nothing that could identify a person: not the customer
 //! cache, the spool, the offer caps or any recording (only the data directory's file names and
 //! sizes), and in the journal every Bluetooth device address and anonymous handle is masked.
-//! The config carries no secret (the MQTT password lives in its own file, which is not read).
+//! The config carries no secret (the MQTT password lives in its own file, which is not read);
+//! a config that does not load is bundled as it is, with the values of keys that look secret
+//! masked.
 //! Everything else is what the hub says about itself: versions, the effective config, doctor's
 //! findings, the running daemon's `/status` and `/metrics`, what it learned, its service state
 //! and its journal.
@@ -131,10 +133,14 @@ pub async fn gather(opts: &Options, now: chrono::DateTime<chrono::Utc>) -> Bundl
         }
         Err(e) => {
             if let Ok(text) = std::fs::read_to_string(&opts.config) {
+                let (text, masked) = mask_secrets(&text);
                 c.add(
                     "config.toml",
                     text,
-                    "the config file as it is (it does not load)".into(),
+                    format!(
+                        "the config file as it is (it does not load); {masked} value(s) of keys \
+                         that look secret masked"
+                    ),
                 );
             }
             let mut verdict = format!("{e}\n");
@@ -366,6 +372,23 @@ pub fn mask_devices(text: &str) -> (String, usize) {
     (masked.into_owned(), count)
 }
 
+/// Masks the values of keys that look secret (`password = "…"`, `api_token = …`) in a config
+/// file that did not load: beacond reads passwords from files, but a file that does not load may
+/// hold one written where it does not belong. The text and how many were masked.
+pub fn mask_secrets(text: &str) -> (String, usize) {
+    static PATTERN: OnceLock<Regex> = OnceLock::new();
+    let pattern = PATTERN.get_or_init(|| {
+        Regex::new(r#"(?im)^(\s*"?[\w.-]*(?:password|passwd|secret|token|private)[\w.-]*"?\s*=\s*).+$"#)
+            .expect("a valid pattern")
+    });
+    let mut count = 0;
+    let masked = pattern.replace_all(text, |c: &regex::Captures<'_>| {
+        count += 1;
+        format!("{}\"(masked)\"", &c[1])
+    });
+    (masked.into_owned(), count)
+}
+
 /// A name made safe for a file name.
 fn file_safe(s: &str) -> String {
     s.chars()
@@ -531,6 +554,20 @@ mod tests {
             "{masked}"
         );
         assert!(masked.contains("fe80::1:2:3:4"), "{masked}");
+    }
+
+    #[test]
+    fn secret_looking_values_are_masked_in_a_config_that_does_not_load() {
+        let text = "[mqtt]\nusername = \"hub\"\npassword = \"hunter2\"\n\
+                    password_file = \"mqtt-password\"\n[identity]\nplatform_public_key = \"ab\"\n\
+                    app_secret=\"s3\"\n";
+        let (masked, n) = mask_secrets(text);
+        assert_eq!(n, 3, "{masked}");
+        assert!(!masked.contains("hunter2") && !masked.contains("s3\""), "{masked}");
+        assert!(masked.contains("password = \"(masked)\""), "{masked}");
+        // A public key and a user name are not secrets.
+        assert!(masked.contains("platform_public_key = \"ab\""), "{masked}");
+        assert!(masked.contains("username = \"hub\""), "{masked}");
     }
 
     #[test]

@@ -237,7 +237,9 @@ fn a_bundle_holds_what_support_needs_and_nothing_that_names_a_person() {
 fn a_config_that_does_not_load_is_bundled_with_its_problems() {
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = dir.path().join("beacond.toml");
-    let text = "[hub]\nstore_id = \"s1\"\n[[zones]]\nid = \"till\"\nenter_rsi = -70\n";
+    // A password written where it does not belong is one more reason the file does not load.
+    let text = "[hub]\nstore_id = \"s1\"\n[mqtt]\npassword = \"hunter2\"\n\
+                [[zones]]\nid = \"till\"\nenter_rsi = -70\n";
     std::fs::write(&cfg_path, text).unwrap();
     let bin = fake_systemd(dir.path());
     let out = support_bundle(&[], &cfg_path, &bin, dir.path());
@@ -253,13 +255,18 @@ fn a_config_that_does_not_load_is_bundled_with_its_problems() {
         })
         .expect("the bundle in the current directory");
     let (_, files) = unpack(&bundle);
-    assert_eq!(files["config.toml"], text);
+    assert_eq!(
+        files["config.toml"],
+        text.replace("\"hunter2\"", "\"(masked)\"")
+    );
+    assert!(files.values().all(|f| !f.contains("hunter2")));
     assert!(
-        files["config-check.txt"].contains("zones[0].enter_rsi: unknown key"),
+        files["config-check.txt"].contains("zones[0].enter_rsi: unknown key")
+            && files["config-check.txt"].contains("mqtt.password: unknown key"),
         "{}",
         files["config-check.txt"]
     );
-    assert!(files["config-check.txt"].contains("1 problem(s) found"));
+    assert!(files["config-check.txt"].contains("2 problem(s) found"));
     assert!(!files.contains_key("doctor.json"));
     assert!(files.contains_key("journal.txt"));
 }

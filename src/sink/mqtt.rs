@@ -1167,13 +1167,11 @@ async fn goodbye(
         settings.status("offline", Some(reason)),
     );
     let _ = client.try_disconnect();
-    let drain = async {
-        while let Ok(ev) = eventloop.poll().await {
-            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    };
+    // Read on until the broker closes the connection after the DISCONNECT: closing with
+    // anything unread (the echo of this very status, the hub being subscribed to it) makes the
+    // kernel reset the connection, and a broker that sees the reset before the DISCONNECT
+    // publishes the Last Will over the goodbye.
+    let drain = async { while eventloop.poll().await.is_ok() {} };
     let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
 }
 
