@@ -425,6 +425,12 @@ impl Health {
             }
             gauge(
                 &mut reg,
+                "duplicate_hub",
+                "1 while another beacond publishes as this hub (two hubs share its hub_id), else 0",
+                i64::from(m.twin_warning.is_some()),
+            );
+            gauge(
+                &mut reg,
                 "spool_held",
                 "Waiting messages held in memory because the disk refuses the spool's writes",
                 m.spool_held as i64,
@@ -698,6 +704,34 @@ mod tests {
         assert_eq!(
             json["mqtt"]["tls_warning"],
             "mqtt.client_cert x expires on 2027-01-15"
+        );
+    }
+
+    #[test]
+    fn another_hub_publishing_as_this_one_shows_everywhere_store_it_looks() {
+        let sink = Arc::new(Mutex::new(crate::sink::mqtt::Health {
+            connected: true,
+            last_loop_ms: Timestamp::now().0,
+            ..Default::default()
+        }));
+        let h = Health {
+            progress: Progress::new(30),
+            snapshot: Default::default(),
+            mqtt: Some(sink),
+        };
+        let now = Timestamp::now();
+        assert!(h.metrics(now).contains("beacond_duplicate_hub 0"));
+        assert!(!h.status_line(now).contains("ANOTHER HUB"));
+        h.mqtt.as_ref().unwrap().lock().unwrap().twin_warning =
+            Some("another beacond publishes as store s1 hub h1".into());
+        assert!(h.metrics(now).contains("beacond_duplicate_hub 1"));
+        assert!(h
+            .status_line(now)
+            .contains("ANOTHER HUB PUBLISHES AS THIS ONE"));
+        let json = serde_json::to_value(h.current()).unwrap();
+        assert_eq!(
+            json["mqtt"]["twin_warning"],
+            "another beacond publishes as store s1 hub h1"
         );
     }
 

@@ -378,8 +378,10 @@ pub fn mask_devices(text: &str) -> (String, usize) {
 pub fn mask_secrets(text: &str) -> (String, usize) {
     static PATTERN: OnceLock<Regex> = OnceLock::new();
     let pattern = PATTERN.get_or_init(|| {
-        Regex::new(r#"(?im)^(\s*"?[\w.-]*(?:password|passwd|secret|token|private)[\w.-]*"?\s*=\s*).+$"#)
-            .expect("a valid pattern")
+        Regex::new(
+            r#"(?im)^(\s*"?[\w.-]*(?:password|passwd|secret|token|private)[\w.-]*"?\s*=\s*).+$"#,
+        )
+        .expect("a valid pattern")
     });
     let mut count = 0;
     let masked = pattern.replace_all(text, |c: &regex::Captures<'_>| {
@@ -563,7 +565,10 @@ mod tests {
                     app_secret=\"s3\"\n";
         let (masked, n) = mask_secrets(text);
         assert_eq!(n, 3, "{masked}");
-        assert!(!masked.contains("hunter2") && !masked.contains("s3\""), "{masked}");
+        assert!(
+            !masked.contains("hunter2") && !masked.contains("s3\""),
+            "{masked}"
+        );
         assert!(masked.contains("password = \"(masked)\""), "{masked}");
         // A public key and a user name are not secrets.
         assert!(masked.contains("platform_public_key = \"ab\""), "{masked}");

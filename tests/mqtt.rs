@@ -203,6 +203,16 @@ fn a_clean_shutdown_says_offline_itself() {
         m.iter()
             .any(|(_, v, _)| v["state"] == "offline" && v["reason"] == "shutdown")
     });
+    // And it stays the hub's last word: no Last Will over it (the hub reads its own status, and
+    // a connection closed with that echo unread would be reset, which a broker takes for a crash).
+    let late = Subscriber::start(broker.port, "platform-2-late", "beacond/+/+/status", true);
+    late.wait_for("the retained status", Duration::from_secs(10), |m| {
+        !m.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let retained: Vec<Value> = late.messages().into_iter().map(|m| m.1).collect();
+    assert_eq!(retained.len(), 1, "{retained:?}");
+    assert_eq!(retained[0]["reason"], "shutdown", "{retained:?}");
 }
 
 /// With the broker up, the spool costs the SD card next to nothing: a message the broker
