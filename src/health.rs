@@ -599,6 +599,19 @@ pub fn serve(addr: &str, health: Health) -> std::io::Result<std::net::SocketAddr
 mod tests {
     use super::*;
 
+    /// Health with an MQTT sink in state `sink`, connected and going round now.
+    fn with_sink(sink: crate::sink::mqtt::Health) -> Health {
+        Health {
+            progress: Progress::new(30),
+            snapshot: Default::default(),
+            mqtt: Some(Arc::new(Mutex::new(crate::sink::mqtt::Health {
+                connected: true,
+                last_loop_ms: Timestamp::now().0,
+                ..sink
+            }))),
+        }
+    }
+
     #[test]
     fn healthy_only_while_adverts_and_the_mqtt_loop_make_progress() {
         let p = Progress::new(30);
@@ -640,20 +653,13 @@ mod tests {
 
     #[test]
     fn a_disk_that_refuses_the_spool_shows_but_is_not_unhealthy() {
-        let sink = Arc::new(Mutex::new(crate::sink::mqtt::Health {
-            connected: true,
+        let h = with_sink(crate::sink::mqtt::Health {
             spool_depth: 12,
             spool_held: 5,
             spool_written: 40,
             spool_write_error: Some("No space left on device (os error 28)".into()),
-            last_loop_ms: Timestamp::now().0,
             ..Default::default()
-        }));
-        let h = Health {
-            progress: Progress::new(30),
-            snapshot: Default::default(),
-            mqtt: Some(sink),
-        };
+        });
         h.progress.mqtt_enabled.store(true, Ordering::Relaxed);
         let now = Timestamp::now();
         // Restarting would lose what is held in memory: the watchdog must keep being fed.
@@ -678,17 +684,10 @@ mod tests {
 
     #[test]
     fn a_certificate_that_expires_soon_shows_and_its_date_is_a_metric() {
-        let sink = Arc::new(Mutex::new(crate::sink::mqtt::Health {
-            connected: true,
-            last_loop_ms: Timestamp::now().0,
+        let h = with_sink(crate::sink::mqtt::Health {
             tls_not_after_ms: Some(1_800_000_000_000),
             ..Default::default()
-        }));
-        let h = Health {
-            progress: Progress::new(30),
-            snapshot: Default::default(),
-            mqtt: Some(sink),
-        };
+        });
         let now = Timestamp::now();
         // Monitoring alerts on the date; the status line waits for the month before it.
         assert!(h
@@ -709,16 +708,7 @@ mod tests {
 
     #[test]
     fn another_hub_publishing_as_this_one_shows_everywhere_store_it_looks() {
-        let sink = Arc::new(Mutex::new(crate::sink::mqtt::Health {
-            connected: true,
-            last_loop_ms: Timestamp::now().0,
-            ..Default::default()
-        }));
-        let h = Health {
-            progress: Progress::new(30),
-            snapshot: Default::default(),
-            mqtt: Some(sink),
-        };
+        let h = with_sink(Default::default());
         let now = Timestamp::now();
         assert!(h.metrics(now).contains("beacond_duplicate_hub 0"));
         assert!(!h.status_line(now).contains("ANOTHER HUB"));
