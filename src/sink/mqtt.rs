@@ -408,33 +408,28 @@ impl Settings {
     pub fn from_config(cfg: &Config, config_hash: String) -> Result<Settings, MqttError> {
         let m = &cfg.mqtt;
         let topics = Topics::new(&m.topic_prefix, &cfg.hub.store_id, &cfg.hub.hub_id);
-        let mut options = connect_options(m, cfg.mqtt_client_id())?;
-        let started_at = Timestamp::now();
-        options.set_last_will(LastWill::new(
-            &topics.status,
-            last_will_payload(&cfg.hub.store_id, &cfg.hub.hub_id, started_at),
-            QoS::AtLeastOnce,
-            true,
-        ));
-        Ok(Settings {
+        let options = connect_options(m, cfg.mqtt_client_id())?;
+        let mut settings = Settings {
             options,
             topics,
             store: cfg.hub.store_id.clone(),
             hub: cfg.hub.hub_id.clone(),
-            started_at,
+            started_at: Timestamp::now(),
             config_hash,
             warnings: Vec::new(),
             // Read alongside the TLS settings above: what the connection presents, not what a
             // file holds later.
             cert_expiries: super::certs::read_all(&super::certs::files(m)),
             notices: Default::default(),
-        })
+        };
+        settings.set_started_at(settings.started_at);
+        Ok(settings)
     }
 
-    /// Carries this run's start over to settings made for a new target: the status says when
-    /// the daemon started, and the Last Will names the same run (or it would look like another
-    /// daemon's, sink::twin).
-    pub fn keep_started_at(&mut self, started_at: Timestamp) {
+    /// Sets when this run started, in the status and in the Last Will; settings made for a new
+    /// target carry the run's start over with it, or their Will would look like another
+    /// daemon's (sink::twin).
+    pub fn set_started_at(&mut self, started_at: Timestamp) {
         self.started_at = started_at;
         self.options.set_last_will(LastWill::new(
             &self.topics.status,
@@ -697,7 +692,7 @@ pub async fn run(
                 // What the platform should still see carries over to the new broker.
                 new.warnings = settings.warnings.clone();
                 new.notices = settings.notices.clone();
-                new.keep_started_at(settings.started_at);
+                new.set_started_at(settings.started_at);
                 // The new target may name other certificates: judge them before it connects.
                 new.check_certificates(Timestamp::now().0 as i64, &health);
                 settings = new.clone();
@@ -1077,7 +1072,6 @@ fn take_stale_publishes(eventloop: &mut rumqttc::EventLoop) -> Vec<rumqttc::Publ
     received
 }
 
-/// Passes a batch from the customer sync topic on to the sync stage.
 /// Publishes the retained `online` status with the current warnings.
 fn publish_online(client: &AsyncClient, settings: &Settings, inflight: &mut InFlight) {
     if client
@@ -1111,6 +1105,7 @@ fn on_twin(change: Twin, settings: &Settings, health: &Mutex<Health>) {
     settings.set_notice(TWIN_NOTICE, text);
 }
 
+/// Passes a batch from the customer sync topic on to the sync stage.
 fn forward_sync(
     sync_in: Option<&mpsc::Sender<SyncInput>>,
     settings: &Settings,
