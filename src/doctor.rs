@@ -220,8 +220,8 @@ fn daemon_running(cfg: &Config) -> bool {
 }
 
 /// `[health] listen`: a running daemon should answer there and say it is healthy; before it
-/// runs, the port must be free, or the daemon would not start.
-/// The endpoint's finding, and the daemon's `/status` when it answered.
+/// runs, the port must be free, or the daemon would not start. The endpoint's finding, and the
+/// daemon's `/status` when it answered.
 async fn health_endpoint(addr: String, running: bool) -> (Finding, Option<serde_json::Value>) {
     if !running {
         let finding = match std::net::TcpListener::bind(&addr) {
@@ -394,8 +394,8 @@ fn hub_id(cfg: &Config, running: bool, status: Option<&serde_json::Value>) -> Fi
             "hub_id",
             Status::Ok,
             format!(
-                "the broker has {who} online (started {}); the daemon reports another hub with \
-                 this hub_id in its status",
+                "the broker has {who} online (started {}), as with a daemon running here; \
+                 another hub using this hub_id would show in its status (beacond status)",
                 field("started_at")
             ),
         ),
