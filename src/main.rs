@@ -719,10 +719,7 @@ fn check_config(path: &std::path::Path, effective: bool) -> ExitCode {
 
 /// Prints why a config file was rejected, every problem and how many, as check-config does.
 fn config_rejected(e: &ConfigError) -> ExitCode {
-    eprintln!("{e}");
-    if let ConfigError::Invalid { rejected, .. } = e {
-        eprintln!("{} problem(s) found", rejected.problems.len());
-    }
+    eprintln!("{}", e.report());
     ExitCode::from(2)
 }
 

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 
 /// A bundle could not be written.
 #[derive(Debug, Error)]
@@ -143,13 +143,9 @@ pub async fn gather(opts: &Options, now: chrono::DateTime<chrono::Utc>) -> Bundl
                     ),
                 );
             }
-            let mut verdict = format!("{e}\n");
-            if let ConfigError::Invalid { rejected, .. } = e {
-                verdict.push_str(&format!("{} problem(s) found\n", rejected.problems.len()));
-            }
             c.add(
                 "config-check.txt",
-                verdict,
+                format!("{}\n", e.report()),
                 "why the config does not load; nothing that needs it was gathered".into(),
             );
         }

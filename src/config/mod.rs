@@ -618,6 +618,18 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// What check-config prints for it: the error, and for an invalid file how many problems.
+    pub fn report(&self) -> String {
+        match self {
+            ConfigError::Invalid { rejected, .. } => {
+                format!("{self}\n{} problem(s) found", rejected.problems.len())
+            }
+            ConfigError::Read { .. } => self.to_string(),
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
