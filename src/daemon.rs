@@ -105,13 +105,16 @@ pub async fn run_with(
         stage: "scan",
         message: e.to_string(),
     })?;
-    let hubs = opened.hubs(&cfg.hub.hub_id);
+    let heard = crate::scan::Heard::of(&opened, &cfg);
+    let hubs = heard.hubs.clone();
 
     // Core.
     let mut core = Core::for_config(&cfg, opened.directory(), &hubs);
     let learned = restore_learned(&cfg, &mut core);
     let zones: Vec<String> = core.engine().zones().iter().map(|z| z.id.clone()).collect();
     let (cmd_tx, cmd_rx) = mpsc::channel::<CoreCommand>(COMMAND_QUEUE);
+    // Queued before anything else: the retained status says so from the first connect.
+    let _ = cmd_tx.try_send(unheard_zones_notice(&heard, &cfg));
     let mut offers = open_offers(&cfg, opened.start())?;
 
     // Sinks: MQTT when enabled, the local sink unless MQTT replaces it, fed by one tee.
@@ -255,6 +258,7 @@ pub async fn run_with(
             Reloadable {
                 commands: cmd_tx.clone(),
                 filters: filters_tx,
+                heard,
             },
             shutdown.clone(),
         ));
@@ -595,7 +599,11 @@ async fn reload_on_hangup(
     to: Reloadable,
     mut shutdown: Shutdown,
 ) {
-    let Reloadable { commands, filters } = to;
+    let Reloadable {
+        commands,
+        filters,
+        heard,
+    } = to;
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -712,7 +720,41 @@ async fn reload_on_hangup(
         {
             return;
         }
+        if commands
+            .send(unheard_zones_notice(&heard, &new))
+            .await
+            .is_err()
+        {
+            return;
+        }
         current = new;
+    }
+}
+
+/// The key of the retained status warning about zones the source does not hear.
+const ZONES_NOTICE: &str = "zones";
+
+/// Logs each zone of `cfg` that no hub of the source measures (a zone copied from another hub's
+/// config is the usual one) and returns the retained status warning that lists them, or clears it.
+fn unheard_zones_notice(heard: &crate::scan::Heard, cfg: &Config) -> CoreCommand {
+    let unheard = heard.unheard_zones(cfg);
+    for u in &unheard {
+        tracing::warn!("zones[{}].hub: {}", u.index, u.message);
+    }
+    let message = (!unheard.is_empty()).then(|| {
+        let ids: Vec<&str> = unheard
+            .iter()
+            .map(|u| cfg.zones[u.index].id.as_str())
+            .collect();
+        format!(
+            "zone(s) {} are measured by a hub this hub does not hear: nobody is ever seen in them \
+             (beacond check-config names what to change)",
+            ids.join(", ")
+        )
+    });
+    CoreCommand::Notice {
+        key: ZONES_NOTICE.into(),
+        message,
     }
 }
 
@@ -735,6 +777,8 @@ struct Reloadable {
     commands: mpsc::Sender<CoreCommand>,
     /// `[scan.filters]`, to the source.
     filters: tokio::sync::watch::Sender<crate::scan::filter::Filter>,
+    /// The hubs the running source hears, to judge the new zones by.
+    heard: crate::scan::Heard,
 }
 
 /// What the core task listens to.

@@ -63,6 +63,47 @@ pub fn report(path: &Path, findings: &[Finding]) -> serde_json::Value {
     })
 }
 
+/// What check-config warns about in `cfg`, loaded from `path`, which does not keep it from
+/// running: zones no hub of its source hears, as `FILE:LINE:COL: warning: zones[N].hub: …`; a
+/// source that cannot be read to tell, as `FILE: warning: …`.
+pub fn config_warnings(cfg: &crate::config::Config, path: &std::path::Path) -> Vec<String> {
+    let origin = path.display();
+    let heard = match crate::scan::Heard::read(cfg) {
+        Ok(h) => h,
+        Err(e) => return vec![format!("{origin}: warning: {e}")],
+    };
+    let unheard = heard.unheard_zones(cfg);
+    if unheard.is_empty() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    unheard
+        .into_iter()
+        .map(|u| {
+            let p = crate::config::zone_key_problem(&text, u.index, "hub", u.message);
+            format!(
+                "{origin}:{}:{}: warning: {}: {}",
+                p.at.line, p.at.col, p.key, p.message
+            )
+        })
+        .collect()
+}
+
+/// What `beacond check-config` prints for `cfg`, loaded from `path`: OK, the summary, and any
+/// warnings with their count.
+pub fn config_accepted(cfg: &Config, path: &Path) -> String {
+    let mut out = format!("{}: OK\n{}\n", path.display(), cfg.summary());
+    let warnings = config_warnings(cfg, path);
+    for w in &warnings {
+        out.push_str(w);
+        out.push('\n');
+    }
+    if !warnings.is_empty() {
+        out.push_str(&format!("{} warning(s)\n", warnings.len()));
+    }
+    out
+}
+
 /// Runs every check that applies to `cfg` (already loaded and valid from `path`).
 pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
     let mut out = vec![Finding::new(
@@ -99,6 +140,7 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
         status = answer;
     }
     out.push(source(cfg).await);
+    out.extend(zones(cfg));
     if cfg.mqtt.enabled {
         match crate::sink::mqtt::probe(cfg, MQTT_TIMEOUT).await {
             Ok(probed) => {
@@ -301,6 +343,33 @@ async fn source(cfg: &Config) -> Finding {
             Err(e) => Finding::new("source", Status::Fail, e.to_string()),
         },
     }
+}
+
+/// Whether the source hears every zone's hub; nothing when the source cannot be read (the source
+/// check says why).
+fn zones(cfg: &Config) -> Option<Finding> {
+    let heard = crate::scan::Heard::read(cfg).ok()?;
+    let unheard = heard.unheard_zones(cfg);
+    Some(if unheard.is_empty() {
+        Finding::new(
+            "zones",
+            Status::Ok,
+            format!(
+                "every zone is measured by a hub the source hears ({})",
+                heard.hubs.join(", ")
+            ),
+        )
+    } else {
+        Finding::new(
+            "zones",
+            Status::Warn,
+            unheard
+                .iter()
+                .map(|u| format!("zones[{}].hub: {}", u.index, u.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
 }
 
 async fn bluetooth(wanted: &str) -> Finding {

@@ -30,6 +30,10 @@ enum Command {
         config: ConfigPath,
     },
     /// Check a config file: print a summary and exit 0, or every problem with FILE:LINE:COL and exit 2.
+    ///
+    /// A valid file can still carry warnings, printed after the summary as FILE:LINE:COL: warning:
+    /// with the exit staying 0: a zone measured by a hub that this hub's source does not hear (a
+    /// hub's radio hears only that hub), or a scenario or recording that cannot be read.
     CheckConfig {
         /// The config file.
         file: PathBuf,
@@ -709,8 +713,9 @@ fn check_config(path: &std::path::Path, effective: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(cfg) => {
-            println!("{}: OK", path.display());
-            println!("{}", cfg.summary());
+            // A warning names a mistake that runs anyway (a zone nobody can enter), so the exit
+            // stays 0: a reload or a package upgrade must not stop on it.
+            print!("{}", beacond::doctor::config_accepted(&cfg, path));
             ExitCode::SUCCESS
         }
         Err(e) => config_rejected(&e),

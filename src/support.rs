@@ -127,7 +127,7 @@ pub async fn gather(opts: &Options, now: chrono::DateTime<chrono::Utc>) -> Bundl
             );
             c.add(
                 "config-check.txt",
-                format!("{}: OK\n{}\n", opts.config.display(), cfg.summary()),
+                crate::doctor::config_accepted(cfg, &opts.config),
                 "beacond check-config's verdict".into(),
             );
         }

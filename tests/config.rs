@@ -160,6 +160,38 @@ fn example_documents_every_key() {
 }
 
 #[test]
+fn a_zone_this_hub_cannot_hear_is_a_warning_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "hub.toml",
+        "[hub]\nhub_id = \"hub-entrance\"\n\n[[zones]]\nid = \"entrance\"\n\n\
+         [[zones]]\nid = \"deli\"\nhub = \"hub-deli\"\nenter_rssi = -70\n",
+    );
+    // It runs (the other zones work, and a reload or an upgrade must not stop on it), so the
+    // exit stays 0, but the line and what to do are named.
+    beacond()
+        .arg("check-config")
+        .arg(&p)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "{}:9:1: warning: zones[1].hub: zone \"deli\" is measured by hub hub-deli, but this hub \
+             (hub-entrance) hears only its own radio: nobody is ever seen in it and offers on it never \
+             fire; leave `hub` out to measure it with this hub, or move the zone to hub-deli's own config",
+            p.display()
+        )))
+        .stdout(predicate::str::contains("\n1 warning(s)\n"))
+        .stdout(predicate::str::contains("zones[0]").not());
+    // The example config, whose zones inherit the hub, has none.
+    beacond()
+        .args(["check-config", EXAMPLE])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("warning").not());
+}
+
+#[test]
 fn misspelt_key_names_file_line_column_and_suggests() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(

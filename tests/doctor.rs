@@ -92,7 +92,7 @@ fn a_healthy_hub_passes_every_check() {
         &data,
         &format!(
             "{LOGIN}\n[identity]\nplatform_public_key = \"{key}\"\n\
-             [health]\nlisten = \"127.0.0.1:{}\"",
+             [health]\nlisten = \"127.0.0.1:{}\"\n[[zones]]\nid = \"door\"",
             common::free_port()
         ),
     );
@@ -113,6 +113,10 @@ fn a_healthy_hub_passes_every_check() {
     assert!(finding(&checks, "health")
         .1
         .contains("is free for the endpoint"));
+    assert_eq!(
+        finding(&checks, "zones").1,
+        "every zone is measured by a hub the source hears (h1)"
+    );
     // It only looked: nothing was left in the data directory.
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
 }
@@ -133,7 +137,7 @@ fn each_failure_is_named_with_what_to_do_and_nothing_is_changed() {
         &broker,
         &file,
         &format!(
-            "{LOGIN}\n[health]\nlisten = \"{}\"",
+            "{LOGIN}\n[health]\nlisten = \"{}\"\n[[zones]]\nid = \"deli\"\nhub = \"h2\"",
             taken.local_addr().unwrap()
         ),
     );
@@ -159,6 +163,13 @@ fn each_failure_is_named_with_what_to_do_and_nothing_is_changed() {
     let (status, detail) = finding(&checks, "sync");
     assert_eq!(status, "warn");
     assert!(detail.contains("platform_public_key"), "{detail}");
+    // A zone copied from another hub's config: this hub's radio never measures it.
+    let (status, detail) = finding(&checks, "zones");
+    assert_eq!(status, "warn");
+    assert!(
+        detail.starts_with("zones[0].hub: zone \"deli\" is measured by hub h2, but this hub (h1) hears only its own radio"),
+        "{detail}"
+    );
 
     // bluetoothd gone, and the broker too.
     bus.stop_mock();

@@ -261,3 +261,68 @@ fn a_reload_that_drops_a_zone_names_the_visits_it_ends() {
         }
     }
 }
+
+#[test]
+fn a_zone_no_hub_hears_is_logged_and_shown_in_the_status_until_a_reload_fixes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start(dir.path());
+    let sub = common::Subscriber::start(broker.port, "platform", "beacond/+/+/status", true);
+    let cfg = dir.path().join("beacond.toml");
+    let data = dir.path().join("data");
+    // The boutique's hubs are window, rails and fitting: a zone pasted from a hub "hub-till" is
+    // measured by none of them.
+    let ghost = "[[zones]]\nid = \"till\"\nhub = \"hub-till\"\n";
+    let write = |zones: &str| {
+        write_config(&cfg, &data, zones);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "[mqtt]\nenabled = false\n",
+            &format!("[mqtt]\nurl = {:?}\n", broker.url()),
+        );
+        std::fs::write(&cfg, text).unwrap();
+    };
+    write(&format!("{ZONES}{ghost}"));
+    let log = dir.path().join("daemon.log");
+    let mut child = common::start_daemon_logging(&cfg, Some(&log));
+    let last_status = |m: &[(String, Value, bool)]| {
+        m.iter()
+            .rev()
+            .find(|(t, _, _)| t.ends_with("/status"))
+            .map(|(_, v, _)| v.clone())
+            .unwrap_or_default()
+    };
+    let warned = |v: &Value| {
+        v["warnings"].as_array().is_some_and(|w| {
+            w.iter().any(|s| {
+                s.as_str().unwrap().starts_with(
+                    "zone(s) till are measured by a hub this hub does not hear: nobody is ever seen in them",
+                )
+            })
+        })
+    };
+    sub.wait_for("the warning in the status", Duration::from_secs(30), |m| {
+        let v = last_status(m);
+        v["state"] == "online" && warned(&v)
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(
+            "zones[2].hub: zone \"till\" is measured by hub hub-till, but the simulated store \
+             builtin:boutique has hubs hub-window, hub-rails, hub-fitting"
+        ),
+        "{text}"
+    );
+
+    // Fixed by a reload: the warning goes, the hub stays online.
+    write(ZONES);
+    signal(&child, "-HUP");
+    sub.wait_for("the warning withdrawn", Duration::from_secs(20), |m| {
+        let v = last_status(m);
+        v["state"] == "online" && !warned(&v)
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "reload is not a restart"
+    );
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+}

@@ -597,6 +597,21 @@ impl Rejected {
     }
 }
 
+/// `message` about the key `key` of `zones[index]` in `text`, a file that loaded, located at the
+/// key, or at the zone's table when the zone inherits it: for warnings, which do not reject.
+pub fn zone_key_problem(text: &str, index: usize, key: &'static str, message: String) -> Problem {
+    let path = locate::KeyPath::key("zones").index(index).join(key);
+    match locate::Document::parse(text) {
+        Ok(doc) => doc.problem_at(&path, message),
+        // The file changed since it loaded: the key, unlocated.
+        Err(_) => Problem {
+            at: LineCol { line: 1, col: 1 },
+            key: path.to_string(),
+            message,
+        },
+    }
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {

@@ -305,6 +305,113 @@ impl Opened {
     }
 }
 
+/// The hubs a source hears, and how to name the source in a message.
+///
+/// A hub's radio hears only that hub, so a zone `cfg` assigns to another hub is never entered on
+/// it: a store with several hubs gives each its own zones. The simulated store and recordings of
+/// it hear several.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heard {
+    /// The hubs, in the order the source's adverts index them.
+    pub hubs: Vec<String>,
+    kind: crate::config::SourceKind,
+    what: String,
+}
+
+/// A zone measured by a hub its source does not hear: nobody is ever seen in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnheardZone {
+    /// The zone's index in `[[zones]]`.
+    pub index: usize,
+    /// What is wrong and what to do, for a log line or after `zones[N].hub: `.
+    pub message: String,
+}
+
+impl Heard {
+    /// What `opened`, the source `cfg` names, hears.
+    pub fn of(opened: &Opened, cfg: &crate::config::Config) -> Heard {
+        Heard::new(cfg, opened.hubs(&cfg.hub.hub_id))
+    }
+
+    /// What the source `cfg` names hears, reading the scenario or the recording's header (not
+    /// the radio: a hub's radio hears the hub itself).
+    pub fn read(cfg: &crate::config::Config) -> Result<Heard, SourceError> {
+        use crate::config::SourceKind;
+        let hubs = match cfg.scan.source {
+            SourceKind::Bluez => vec![cfg.hub.hub_id.clone()],
+            SourceKind::Sim => sim::Scenario::load(&cfg.scan.sim_scenario)?
+                .hubs
+                .into_iter()
+                .map(|h| h.id)
+                .collect(),
+            SourceKind::Replay => {
+                let path = cfg
+                    .scan
+                    .replay_file
+                    .as_ref()
+                    .ok_or(SourceError::NoReplayFile)?;
+                Opened::Replay(Box::new(replay::Recording::open(path)?)).hubs(&cfg.hub.hub_id)
+            }
+        };
+        Ok(Heard::new(cfg, hubs))
+    }
+
+    fn new(cfg: &crate::config::Config, hubs: Vec<String>) -> Heard {
+        use crate::config::SourceKind;
+        let what = match cfg.scan.source {
+            SourceKind::Bluez => format!("this hub ({}) hears only its own radio", cfg.hub.hub_id),
+            SourceKind::Sim => format!(
+                "the simulated store {} has hubs {}",
+                cfg.scan.sim_scenario,
+                hubs.join(", ")
+            ),
+            SourceKind::Replay => format!(
+                "the recording {} was heard by {}",
+                cfg.scan
+                    .replay_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("?"))
+                    .display(),
+                hubs.join(", ")
+            ),
+        };
+        Heard {
+            hubs,
+            kind: cfg.scan.source,
+            what,
+        }
+    }
+
+    /// The zones of `cfg` that no hub of this source measures, in file order, each with what to
+    /// do about it.
+    pub fn unheard_zones(&self, cfg: &crate::config::Config) -> Vec<UnheardZone> {
+        cfg.zones
+            .iter()
+            .enumerate()
+            .filter_map(|(index, z)| {
+                let hub = z.hub.as_deref().unwrap_or(&cfg.hub.hub_id);
+                if self.hubs.iter().any(|h| h == hub) {
+                    return None;
+                }
+                let advice = match self.kind {
+                    crate::config::SourceKind::Bluez => format!(
+                        "leave `hub` out to measure it with this hub, or move the zone to {hub}'s own config"
+                    ),
+                    _ => format!("set `hub` to one of {}", self.hubs.join(", ")),
+                };
+                Some(UnheardZone {
+                    index,
+                    message: format!(
+                        "zone \"{}\" is measured by hub {hub}, but {}: nobody is ever seen in it and \
+                         offers on it never fire; {advice}",
+                        z.id, self.what
+                    ),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Opens the source `cfg` names.
 pub fn open(cfg: &crate::config::Config) -> Result<Opened, SourceError> {
     use crate::config::SourceKind;
@@ -352,6 +459,52 @@ pub fn filter_of(cfg: &crate::config::Config) -> filter::Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(text: &str) -> crate::config::Config {
+        crate::config::Config::parse(text).expect("valid config")
+    }
+
+    #[test]
+    fn a_hubs_radio_hears_only_its_own_zones() {
+        let cfg = config(
+            "[hub]\nhub_id = \"hub-1\"\n\
+             [[zones]]\nid = \"till\"\n\
+             [[zones]]\nid = \"door\"\nhub = \"hub-1\"\n\
+             [[zones]]\nid = \"deli\"\nhub = \"hub-2\"\n",
+        );
+        let heard = Heard::read(&cfg).unwrap();
+        assert_eq!(heard.hubs, ["hub-1"]);
+        let unheard = heard.unheard_zones(&cfg);
+        assert_eq!(unheard.len(), 1, "{unheard:?}");
+        assert_eq!(unheard[0].index, 2);
+        let m = &unheard[0].message;
+        assert!(m.starts_with("zone \"deli\" is measured by hub hub-2, but this hub (hub-1) hears only its own radio"), "{m}");
+        assert!(m.ends_with("move the zone to hub-2's own config"), "{m}");
+    }
+
+    #[test]
+    fn the_simulated_store_hears_its_scenarios_hubs_and_no_other() {
+        let cfg = config(
+            "[hub]\nhub_id = \"hub-1\"\n[scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\n\
+             [[zones]]\nid = \"window\"\nhub = \"hub-window\"\n\
+             [[zones]]\nid = \"till\"\n",
+        );
+        let heard = Heard::read(&cfg).unwrap();
+        assert_eq!(heard.hubs, ["hub-window", "hub-rails", "hub-fitting"]);
+        // The zone that inherits the hub's own id is the one no simulated hub measures.
+        let unheard = heard.unheard_zones(&cfg);
+        assert_eq!(unheard.iter().map(|u| u.index).collect::<Vec<_>>(), [1]);
+        assert!(
+            unheard[0]
+                .message
+                .ends_with("set `hub` to one of hub-window, hub-rails, hub-fitting"),
+            "{}",
+            unheard[0].message
+        );
+        // What `run` would fail on is said, not hidden.
+        let missing = config("[scan]\nsource = \"replay\"\nreplay_file = \"/nonexistent.jsonl\"\n");
+        assert!(Heard::read(&missing).is_err());
+    }
 
     #[test]
     fn real_clock_is_the_daemon_time_and_schedules_from_now() {
