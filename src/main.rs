@@ -106,6 +106,11 @@ enum Command {
         /// `--set presence.exit_margin_db=6`. Repeatable; later ones win.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Score the store as deployed with one beacond per hub: each hub's engine hears only its
+        /// own radio and decides only its own zones (engine and baseline alike), instead of one
+        /// engine hearing every hub.
+        #[arg(long, conflicts_with = "calibrate")]
+        per_hub: bool,
     },
     /// Compute the retailer app's rotating token (the reference for app developers;
     /// docs/app-token.md specifies it).
@@ -475,11 +480,17 @@ fn main() -> ExitCode {
             hours,
             calibrate,
             sets,
+            per_hub,
         } => {
             if calibrate {
                 simulate_calibrate(&scenario, json, seed, &sets)
             } else {
-                simulate(&scenario, json, filter, seed, hours, &sets)
+                let deployment = if per_hub {
+                    beacond::simulate::Deployment::PerHub
+                } else {
+                    beacond::simulate::Deployment::Shared
+                };
+                simulate(&scenario, json, filter, seed, hours, &sets, deployment)
             }
         }
         Command::Demo {
@@ -824,6 +835,7 @@ fn simulate(
     seed: Option<u64>,
     hours: Option<u64>,
     sets: &[String],
+    deployment: beacond::simulate::Deployment,
 ) -> anyhow::Result<ExitCode> {
     let Some(mut scenario) = load_scenario(arg, seed, sets) else {
         return Ok(ExitCode::from(2));
@@ -831,7 +843,8 @@ fn simulate(
     if let Some(h) = hours {
         scenario.lengthen(h * 3600);
     }
-    let report = beacond::simulate::run(scenario, filter.map(Into::into), |_, _| {});
+    let report =
+        beacond::simulate::run_deployed(scenario, filter.map(Into::into), deployment, |_, _| {});
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

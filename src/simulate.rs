@@ -113,6 +113,8 @@ pub struct Report {
     pub customer_hours: f64,
     /// Wall-clock seconds the run took.
     pub wall_s: f64,
+    /// Whether one engine heard every hub or each hub decided its own zones.
+    pub deployment: Deployment,
     /// The engine's scores, flattened to the top level in JSON.
     #[serde(flatten)]
     pub engine: Metrics,
@@ -138,57 +140,141 @@ pub struct OfferReport {
     pub repeats_within_cooldown: u64,
 }
 
-/// A visit the engine reported: zone, start and end (simulated ms).
+/// A visit the engine reported: zone (the scenario's index), start and end (simulated ms).
 type EngineVisit = (u16, u64, u64);
 
-/// Collects one configuration's visits per customer.
-struct Scorer {
+/// How the store's hubs share what they hear in a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deployment {
+    /// One engine hears every hub, as the simulator and recordings of it feed the daemon: moves
+    /// between hubs' zones and departures are judged on every hub's signal.
+    #[default]
+    Shared,
+    /// One engine per hub, each hearing only its own radio and deciding only its own zones: a store
+    /// where each hub runs its own beacond. A customer may then be in two hubs' zones at once.
+    PerHub,
+}
+
+/// One engine and what it hears.
+struct Lane {
     core: Core,
-    visits: HashMap<CustomerKey, Vec<EngineVisit>>,
-    open: HashMap<CustomerKey, (u16, u64)>,
+    /// The source hub it hears; `None`: every hub.
+    hears: Option<u16>,
+    /// The scenario's index of each of its engine's zones.
+    zones: Vec<u16>,
     events: Vec<Event>,
 }
 
+/// Collects one configuration's visits per customer, from one engine or one per hub.
+struct Scorer {
+    lanes: Vec<Lane>,
+    visits: HashMap<CustomerKey, Vec<EngineVisit>>,
+    open: HashMap<(CustomerKey, usize), (u16, u64)>,
+}
+
 impl Scorer {
-    fn new(sim: &Simulation, params: EngineParams) -> Scorer {
+    fn new(sim: &Simulation, params: EngineParams, deployment: Deployment) -> Scorer {
         let cfg = sim.scenario().as_config();
-        let engine = Engine::new(&cfg.zones, params, &cfg.hub.hub_id);
+        let lane = |picked: Vec<usize>, hub_id: &str, hears: Option<u16>| {
+            let zones: Vec<_> = picked.iter().map(|&i| cfg.zones[i].clone()).collect();
+            let engine = Engine::new(&zones, params, hub_id);
+            Lane {
+                core: Core::new(engine, sim.directory().clone(), sim.hub_names(), 0x5EED),
+                hears,
+                zones: picked.into_iter().map(|i| i as u16).collect(),
+                events: Vec::new(),
+            }
+        };
+        let lanes = match deployment {
+            Deployment::Shared => vec![lane((0..cfg.zones.len()).collect(), &cfg.hub.hub_id, None)],
+            Deployment::PerHub => sim
+                .hub_names()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, hub)| {
+                    let picked: Vec<usize> = (0..cfg.zones.len())
+                        .filter(|&z| cfg.zones[z].hub.as_deref().unwrap_or(&cfg.hub.hub_id) == hub)
+                        .collect();
+                    (!picked.is_empty()).then(|| lane(picked, hub, Some(i as u16)))
+                })
+                .collect(),
+        };
         Scorer {
-            core: Core::new(engine, sim.directory().clone(), sim.hub_names(), 0x5EED),
+            lanes,
             visits: HashMap::new(),
             open: HashMap::new(),
-            events: Vec::new(),
+        }
+    }
+
+    /// Hands `a` to every engine that hears it; the others only run their deadlines up to it, as a
+    /// hub's daemon does on its own clock.
+    fn advert(&mut self, a: &crate::scan::Advert) {
+        for lane in &mut self.lanes {
+            match lane.hears {
+                Some(h) if h != a.hub => {
+                    if lane.core.poll_timeout().is_some_and(|t| t <= a.at) {
+                        lane.core.handle_timeout(a.at, &mut lane.events);
+                    }
+                }
+                _ => lane.core.handle_advert(a, &mut lane.events),
+            }
+        }
+    }
+
+    fn timeout(&mut self, end: crate::time::Timestamp) {
+        for lane in &mut self.lanes {
+            lane.core.handle_timeout(end, &mut lane.events);
         }
     }
 
     fn drain(&mut self, mut on_event: impl FnMut(&Core, &Event)) {
-        for e in self.events.drain(..) {
-            on_event(&self.core, &e);
-            let Event::Visit(v) = &e else {
-                continue;
-            };
-            let Subject::Customer(c) = v.subject else {
-                continue;
-            };
-            let at = v.at.0 - SIM_EPOCH_MS;
-            match v.kind {
-                VisitKind::Enter => {
-                    self.open.insert(c, (v.zone, at));
-                }
-                VisitKind::Exit { .. } => {
-                    if let Some((z, start)) = self.open.remove(&c) {
-                        self.visits.entry(c).or_default().push((z, start, at));
+        for (n, lane) in self.lanes.iter_mut().enumerate() {
+            for e in lane.events.drain(..) {
+                on_event(&lane.core, &e);
+                let Event::Visit(v) = &e else {
+                    continue;
+                };
+                let Subject::Customer(c) = v.subject else {
+                    continue;
+                };
+                let at = v.at.0 - SIM_EPOCH_MS;
+                let zone = lane.zones[v.zone as usize];
+                match v.kind {
+                    VisitKind::Enter => {
+                        self.open.insert((c, n), (zone, at));
                     }
+                    VisitKind::Exit { .. } => {
+                        if let Some((z, start)) = self.open.remove(&(c, n)) {
+                            self.visits.entry(c).or_default().push((z, start, at));
+                        }
+                    }
+                    VisitKind::Dwell { .. } => {}
                 }
-                VisitKind::Dwell { .. } => {}
             }
         }
     }
 
     fn finish(&mut self, end: u64) {
-        for (c, (z, start)) in self.open.drain() {
+        for ((c, _), (z, start)) in self.open.drain() {
             self.visits.entry(c).or_default().push((z, start, end));
         }
+        // Lanes report in turn, not in time order; the scoring reads visits in time order.
+        for v in self.visits.values_mut() {
+            v.sort_unstable_by_key(|&(z, start, end)| (start, end, z));
+        }
+    }
+
+    /// The core that knows the customers (every lane's does).
+    fn core(&self) -> &Core {
+        &self.lanes[0].core
+    }
+
+    fn exit_margins(&self) -> Vec<crate::presence::HubExitMargin> {
+        self.lanes
+            .iter()
+            .flat_map(|l| l.core.engine().exit_margins())
+            .collect()
     }
 }
 
@@ -199,8 +285,24 @@ pub fn run(
     filter: Option<SmoothingFilter>,
     on_event: impl FnMut(&Core, &Event),
 ) -> Report {
+    run_deployed(scenario, filter, Deployment::Shared, on_event)
+}
+
+/// [`run`] with the hubs deployed as `deployment` says, engine and baseline alike.
+pub fn run_deployed(
+    scenario: Scenario,
+    filter: Option<SmoothingFilter>,
+    deployment: Deployment,
+    on_event: impl FnMut(&Core, &Event),
+) -> Report {
     let kind = filter.unwrap_or(scenario.presence.filter);
-    run_tuned(scenario, kind, FilterParams::tuned(kind.into()), on_event)
+    run_tuned(
+        scenario,
+        kind,
+        FilterParams::tuned(kind.into()),
+        deployment,
+        on_event,
+    )
 }
 
 /// [`run`] with explicit filter tuning: how the defaults in [`FilterParams::tuned`] were chosen.
@@ -208,6 +310,7 @@ pub fn run_tuned(
     scenario: Scenario,
     kind: SmoothingFilter,
     tuning: FilterParams,
+    deployment: Deployment,
     mut on_event: impl FnMut(&Core, &Event),
 ) -> Report {
     let started = std::time::Instant::now();
@@ -239,20 +342,20 @@ pub fn run_tuned(
     let mut sim = Simulation::new(scenario);
     let mut params = EngineParams::from_config(&presence);
     params.filter = tuning;
-    let mut engine = Scorer::new(&sim, params);
-    let mut baseline = Scorer::new(&sim, EngineParams::baseline(&presence));
+    let mut engine = Scorer::new(&sim, params, deployment);
+    let mut baseline = Scorer::new(&sim, EngineParams::baseline(&presence), deployment);
     let mut adverts = 0u64;
     while let Some(a) = sim.next_advert() {
         adverts += 1;
         // Handling an advert first handles every deadline up to its time.
-        engine.core.handle_advert(&a, &mut engine.events);
-        baseline.core.handle_advert(&a, &mut baseline.events);
+        engine.advert(&a);
+        baseline.advert(&a);
         engine.drain(&mut on_event);
         baseline.drain(|_, _| {});
     }
     let end = sim.end();
     for s in [&mut engine, &mut baseline] {
-        s.core.handle_timeout(end, &mut s.events);
+        s.timeout(end);
     }
     engine.drain(&mut on_event);
     baseline.drain(|_, _| {});
@@ -272,10 +375,11 @@ pub fn run_tuned(
         customers,
         customer_hours: hours,
         wall_s: started.elapsed().as_secs_f64(),
-        engine: score(&sim, &engine.core, &engine.visits, end_ms),
-        baseline: score(&sim, &baseline.core, &baseline.visits, end_ms),
+        deployment,
+        engine: score(&sim, engine.core(), &engine.visits, end_ms),
+        baseline: score(&sim, baseline.core(), &baseline.visits, end_ms),
         offers: (!cfg.offers.is_empty()).then_some(report),
-        exit_margins: engine.core.engine().exit_margins(),
+        exit_margins: engine.exit_margins(),
     }
 }
 
@@ -316,7 +420,13 @@ fn score(
         // Zone accuracy, one sample per second of the stay.
         let mut t = shopper.arrive;
         while t < shopper.depart.min(end) {
-            let engine_zone = ev.iter().find(|v| v.1 <= t && t < v.2).map(|v| v.0);
+            // One engine holds a customer in one zone at a time; hubs deployed each on their own
+            // may hold them in two, and the one entered last is where a reader would put them.
+            let engine_zone = ev
+                .iter()
+                .filter(|v| v.1 <= t && t < v.2)
+                .max_by_key(|v| v.1)
+                .map(|v| v.0);
             if engine_zone == shopper.truth_at(t) {
                 right += 1;
             }
@@ -407,6 +517,11 @@ impl Report {
             self.customer_hours,
             self.wall_s
         );
+        if self.deployment == Deployment::PerHub {
+            s.push_str(
+                "deployed one engine per hub: each hub hears only its own radio and decides only its own zones\n",
+            );
+        }
         s.push_str(&format!(
             "{:<26} {:>12} {:>12}\n",
             "metric",

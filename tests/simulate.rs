@@ -396,3 +396,62 @@ fn a_quiet_store_learns_a_smaller_exit_margin_and_sees_people_leave_sooner() {
         .iter()
         .all(|h| !h.learned && h.margin_db == 8.0));
 }
+
+/// The most zones any one customer was in at once during a run of `name`, deployed as `d`.
+fn most_zones_at_once(name: &str, d: beacond::simulate::Deployment) -> (Report, usize) {
+    use beacond::presence::{Event, Subject, VisitKind};
+    use std::collections::{HashMap, HashSet};
+    let mut inside: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut most = 0;
+    let r = beacond::simulate::run_deployed(
+        Scenario::load(&format!("builtin:{name}")).unwrap(),
+        None,
+        d,
+        |core, e| {
+            let Event::Visit(v) = e else { return };
+            let Subject::Customer(c) = v.subject else {
+                return;
+            };
+            // Zone indices are each engine's own: name them by the engine that reported them.
+            let zone = core.engine().zones()[v.zone as usize].id.clone();
+            let zones = inside.entry(format!("{c:?}")).or_default();
+            match v.kind {
+                VisitKind::Enter => {
+                    zones.insert(zone);
+                }
+                VisitKind::Exit { .. } => {
+                    zones.remove(&zone);
+                }
+                VisitKind::Dwell { .. } => {}
+            }
+            most = most.max(zones.len());
+        },
+    );
+    (r, most)
+}
+
+#[test]
+fn deployed_one_engine_per_hub_each_hub_decides_its_own_zones_alone() {
+    use beacond::simulate::Deployment;
+    // One engine hearing every hub holds a customer in one zone at a time.
+    let (shared, most) = most_zones_at_once("boutique", Deployment::Shared);
+    assert_eq!(most, 1);
+    assert_eq!(shared.deployment, Deployment::Shared);
+    // Hubs that each hear only their own radio cannot arbitrate: the boutique's zones reach past
+    // the midpoints between hubs, so a customer is in two of them at once, and the engine's
+    // accuracy falls (docs/presence.md, "As deployed").
+    let (alone, most) = most_zones_at_once("boutique", Deployment::PerHub);
+    assert_eq!(alone.deployment, Deployment::PerHub);
+    assert!(most >= 2, "no customer in two zones at once");
+    assert!(
+        alone.engine.zone_accuracy < shared.engine.zone_accuracy - 0.1,
+        "shared {} per hub {}",
+        shared.engine.zone_accuracy,
+        alone.engine.zone_accuracy
+    );
+    // The same adverts, the same customers: only who hears what differs.
+    assert_eq!(alone.adverts, shared.adverts);
+    assert_eq!(alone.engine.truth_visits, shared.engine.truth_visits);
+    let json = serde_json::to_value(&alone).unwrap();
+    assert_eq!(json["deployment"], "per_hub");
+}

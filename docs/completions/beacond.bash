@@ -1110,7 +1110,7 @@ _beacond() {
             return 0
             ;;
         beacond__subcmd__simulate)
-            opts="-h -V --json --filter --seed --hours --calibrate --set --help --version"
+            opts="-h -V --json --filter --seed --hours --calibrate --set --per-hub --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -69,6 +69,7 @@ complete -c beacond -n "__fish_beacond_using_subcommand simulate" -l hours -d 'R
 complete -c beacond -n "__fish_beacond_using_subcommand simulate" -l set -d 'Change one setting of the scenario for this run, e.g. `--set radio.shadowing_sigma_db=1.5`, `--set zones.enter_rssi=-72` (every zone), `--set zones[1].enter_rssi=-70`, `--set presence.exit_margin_db=6`. Repeatable; later ones win' -r
 complete -c beacond -n "__fish_beacond_using_subcommand simulate" -l json -d 'Print one JSON object (engine metrics at the top level, the baseline under "baseline")'
 complete -c beacond -n "__fish_beacond_using_subcommand simulate" -l calibrate -d 'Instead of running the store, calibrate its zones as a field engineer would with `beacond calibrate` (a reference fob at 1 m, walked around each area\'s edge and just outside it) and compare the suggestion with the scenario\'s thresholds'
+complete -c beacond -n "__fish_beacond_using_subcommand simulate" -l per-hub -d 'Score the store as deployed with one beacond per hub: each hub\'s engine hears only its own radio and decides only its own zones (engine and baseline alike), instead of one engine hearing every hub'
 complete -c beacond -n "__fish_beacond_using_subcommand simulate" -s h -l help -d 'Print help'
 complete -c beacond -n "__fish_beacond_using_subcommand simulate" -s V -l version -d 'Print version'
 complete -c beacond -n "__fish_beacond_using_subcommand token" -l key -d 'The customer\'s long-term app key, 64 hex digits' -r
