@@ -345,12 +345,8 @@ impl Heard {
                 .map(|h| h.id)
                 .collect(),
             SourceKind::Replay => {
-                let path = cfg
-                    .scan
-                    .replay_file
-                    .as_ref()
-                    .ok_or(SourceError::NoReplayFile)?;
-                Opened::Replay(Box::new(replay::Recording::open(path)?)).hubs(&cfg.hub.hub_id)
+                Opened::Replay(Box::new(replay::Recording::open(replay_file(cfg)?)?))
+                    .hubs(&cfg.hub.hub_id)
             }
         };
         Ok(Heard::new(cfg, hubs))
@@ -412,6 +408,14 @@ impl Heard {
     }
 }
 
+/// The recording `cfg` replays.
+fn replay_file(cfg: &crate::config::Config) -> Result<&std::path::Path, SourceError> {
+    cfg.scan
+        .replay_file
+        .as_deref()
+        .ok_or(SourceError::NoReplayFile)
+}
+
 /// Opens the source `cfg` names.
 pub fn open(cfg: &crate::config::Config) -> Result<Opened, SourceError> {
     use crate::config::SourceKind;
@@ -423,14 +427,7 @@ pub fn open(cfg: &crate::config::Config) -> Result<Opened, SourceError> {
             }
             Opened::Sim(Box::new(sim))
         }
-        SourceKind::Replay => {
-            let path = cfg
-                .scan
-                .replay_file
-                .as_ref()
-                .ok_or(SourceError::NoReplayFile)?;
-            Opened::Replay(Box::new(replay::Recording::open(path)?))
-        }
+        SourceKind::Replay => Opened::Replay(Box::new(replay::Recording::open(replay_file(cfg)?)?)),
         SourceKind::Bluez => Opened::Bluez(bluez::Settings {
             adapter: cfg.scan.adapter.clone(),
             watchdog_s: cfg.scan.watchdog_s,
