@@ -106,7 +106,7 @@ pub async fn run_with(
         message: e.to_string(),
     })?;
     let heard = crate::scan::Heard::of(&opened, &cfg);
-    let hubs = heard.hubs.clone();
+    let hubs = opened.hubs(&cfg.hub.hub_id);
 
     // Core.
     let mut core = Core::for_config(&cfg, opened.directory(), &hubs);

@@ -433,6 +433,80 @@ fn a_repeating_sim_source_keeps_the_store_going_past_the_scenarios_end() {
 }
 
 #[test]
+fn a_sim_source_can_hear_one_hub_as_a_real_hub_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str, sim_hub: &str| {
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[hub]\nhub_id = \"hub-rails\"\ndata_dir = {:?}\n[scan]\nsource = \"sim\"\n\
+                 sim_scenario = \"builtin:boutique\"\nspeed = 3000.0\n{sim_hub}\n\
+                 [mqtt]\nenabled = false\n\
+                 [[zones]]\nid = \"window\"\nhub = \"hub-window\"\nenter_rssi = -75\nexit_rssi = -84\n\
+                 [[zones]]\nid = \"rails\"\nhub = \"hub-rails\"\nenter_rssi = -75\nexit_rssi = -84\n\
+                 [[zones]]\nid = \"fitting\"\nhub = \"hub-fitting\"\nenter_rssi = -75\nexit_rssi = -84\n",
+                dir.path().join(format!("data-{name}")).display().to_string()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    // The boutique's hour, to its end: which zones saw anyone, and what the daemon logged.
+    let run = |cfg: &std::path::Path| {
+        let out = StdCommand::new(assert_cmd::cargo::cargo_bin("beacond"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let zones: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["type"] == "presence" && r["event"] == "enter")
+            .map(|r| r["zone"].as_str().unwrap().to_owned())
+            .collect();
+        (
+            out.status,
+            zones,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, zones, _) = run(&config("every-hub", ""));
+    assert!(status.success());
+    assert_eq!(zones.len(), 3, "{zones:?}");
+    // Hearing hub-rails alone, only its zone is ever entered, and the other two are named.
+    let (status, zones, err) = run(&config("rails", "sim_hub = \"hub-rails\""));
+    assert!(status.success(), "{err}");
+    assert_eq!(zones.into_iter().collect::<Vec<_>>(), ["rails"]);
+    for (i, zone) in [(0, "window"), (2, "fitting")] {
+        assert!(
+            err.contains(&format!(
+                "zones[{i}].hub: zone \"{zone}\" is measured by hub hub-{zone}, but this hub hears \
+                 only hub-rails of the simulated store builtin:boutique (scan.sim_hub)"
+            )),
+            "{err}"
+        );
+    }
+    // A hub the scenario does not have: the daemon does not start, and says which it has.
+    let wrong = config("wrong", "sim_hub = \"hub-till\"");
+    let expected = "scan.sim_hub: hub-till is not a hub of the simulated store builtin:boutique; \
+                    use one of hub-window, hub-rails, hub-fitting";
+    let (status, _, err) = run(&wrong);
+    assert!(!status.success());
+    assert!(err.contains(expected), "{err}");
+    beacond()
+        .arg("check-config")
+        .arg(&wrong)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "{}: warning: {expected}",
+            wrong.display()
+        )));
+}
+
+#[test]
 fn token_prints_the_published_vector() {
     let out = beacond()
         .args([

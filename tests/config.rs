@@ -575,3 +575,14 @@ mod recovery {
         }
     }
 }
+
+#[test]
+fn an_empty_sim_hub_is_named() {
+    let rejected = Config::parse("[scan]\nsource = \"sim\"\nsim_hub = \"\"\n").unwrap_err();
+    assert_eq!(rejected.problems.len(), 1, "{rejected:?}");
+    assert_eq!(rejected.problems[0].key, "scan.sim_hub");
+    assert_eq!(rejected.problems[0].at.line, 3);
+    assert!(rejected.problems[0]
+        .message
+        .starts_with("must not be empty; name one of the scenario's [[hubs]]"));
+}

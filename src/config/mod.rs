@@ -107,6 +107,10 @@ pub struct ScanConfig {
     /// With `source = "sim"`: play the scenario again each time it ends, simulated time running on,
     /// instead of stopping the daemon (a test hub feeding a platform, a long run).
     pub sim_repeat: bool,
+    /// With `source = "sim"`: hear only this hub of the scenario, as a hub's radio would, so that
+    /// one daemon per hub makes a simulated store look to the platform as a real one does.
+    /// Absent: every hub of the scenario.
+    pub sim_hub: Option<String>,
     /// Playback speed for `replay` and `sim` (1.0 = real time).
     pub speed: f64,
     /// What is let into the pipeline.
@@ -122,6 +126,7 @@ impl Default for ScanConfig {
             replay_file: None,
             sim_scenario: "builtin:supermarket".into(),
             sim_repeat: false,
+            sim_hub: None,
             speed: 1.0,
             filters: ScanFilters::default(),
         }

@@ -142,6 +142,13 @@ fn scan(cfg: &Config, p: &mut Problems) {
             "source = \"replay\" needs replay_file, a recording made by `beacond record`".into(),
         ));
     }
+    if s.sim_hub.as_deref() == Some("") {
+        p.push((
+            path.join("sim_hub"),
+            "must not be empty; name one of the scenario's [[hubs]], or leave it out for all of them"
+                .into(),
+        ));
+    }
     if s.sim_scenario.is_empty() {
         p.push((
             path.join("sim_scenario"),

@@ -178,6 +178,18 @@ pub enum SourceError {
     /// The recording to replay.
     #[error("scan.replay_file: {0}")]
     Replay(#[from] replay::ReplayError),
+    /// `sim_hub` names no hub of the scenario.
+    #[error(
+        "scan.sim_hub: {hub} is not a hub of the simulated store {scenario}; use one of {hubs}"
+    )]
+    SimHub {
+        /// The hub asked for.
+        hub: String,
+        /// The scenario.
+        scenario: String,
+        /// Its hubs, comma-separated.
+        hubs: String,
+    },
     /// `source = "replay"` without a file.
     #[error("scan.replay_file: not set; source = \"replay\" needs the recording to play (`beacond record FILE` makes one)")]
     NoReplayFile,
@@ -312,7 +324,7 @@ impl Opened {
 /// it hear several.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Heard {
-    /// The hubs, in the order the source's adverts index them.
+    /// The hubs whose adverts the source gives.
     pub hubs: Vec<String>,
     kind: crate::config::SourceKind,
     what: String,
@@ -330,7 +342,12 @@ pub struct UnheardZone {
 impl Heard {
     /// What `opened`, the source `cfg` names, hears.
     pub fn of(opened: &Opened, cfg: &crate::config::Config) -> Heard {
-        Heard::new(cfg, opened.hubs(&cfg.hub.hub_id))
+        let hubs = match (opened, &cfg.scan.sim_hub) {
+            // Opening checked that the scenario has it.
+            (Opened::Sim(_), Some(hub)) => vec![hub.clone()],
+            _ => opened.hubs(&cfg.hub.hub_id),
+        };
+        Heard::new(cfg, hubs)
     }
 
     /// What the source `cfg` names hears, reading the scenario or the recording's header (not
@@ -339,11 +356,20 @@ impl Heard {
         use crate::config::SourceKind;
         let hubs = match cfg.scan.source {
             SourceKind::Bluez => vec![cfg.hub.hub_id.clone()],
-            SourceKind::Sim => sim::Scenario::load(&cfg.scan.sim_scenario)?
-                .hubs
-                .into_iter()
-                .map(|h| h.id)
-                .collect(),
+            SourceKind::Sim => {
+                let all: Vec<String> = sim::Scenario::load(&cfg.scan.sim_scenario)?
+                    .hubs
+                    .into_iter()
+                    .map(|h| h.id)
+                    .collect();
+                match &cfg.scan.sim_hub {
+                    Some(hub) => {
+                        sim_hub_index(cfg, hub, &all)?;
+                        vec![hub.clone()]
+                    }
+                    None => all,
+                }
+            }
             SourceKind::Replay => {
                 Opened::Replay(Box::new(replay::Recording::open(replay_file(cfg)?)?))
                     .hubs(&cfg.hub.hub_id)
@@ -356,6 +382,11 @@ impl Heard {
         use crate::config::SourceKind;
         let what = match cfg.scan.source {
             SourceKind::Bluez => format!("this hub ({}) hears only its own radio", cfg.hub.hub_id),
+            SourceKind::Sim if cfg.scan.sim_hub.is_some() => format!(
+                "this hub hears only {} of the simulated store {} (scan.sim_hub)",
+                hubs.join(", "),
+                cfg.scan.sim_scenario
+            ),
             SourceKind::Sim => format!(
                 "the simulated store {} has hubs {}",
                 cfg.scan.sim_scenario,
@@ -408,6 +439,22 @@ impl Heard {
     }
 }
 
+/// The index of `hub` among the simulated store's `hubs`.
+fn sim_hub_index(
+    cfg: &crate::config::Config,
+    hub: &str,
+    hubs: &[String],
+) -> Result<u16, SourceError> {
+    hubs.iter()
+        .position(|h| h == hub)
+        .map(|i| i as u16)
+        .ok_or_else(|| SourceError::SimHub {
+            hub: hub.to_owned(),
+            scenario: cfg.scan.sim_scenario.clone(),
+            hubs: hubs.join(", "),
+        })
+}
+
 /// The recording `cfg` replays.
 fn replay_file(cfg: &crate::config::Config) -> Result<&std::path::Path, SourceError> {
     cfg.scan
@@ -424,6 +471,10 @@ pub fn open(cfg: &crate::config::Config) -> Result<Opened, SourceError> {
             let mut sim = sim::Simulation::new(sim::Scenario::load(&cfg.scan.sim_scenario)?);
             if cfg.scan.sim_repeat {
                 sim.repeat();
+            }
+            if let Some(hub) = &cfg.scan.sim_hub {
+                let i = sim_hub_index(cfg, hub, sim.hub_names())?;
+                sim.hear_only(i);
             }
             Opened::Sim(Box::new(sim))
         }
@@ -498,6 +549,24 @@ mod tests {
             "{}",
             unheard[0].message
         );
+        // A daemon that hears one hub of it, as a real hub would.
+        let one = config(
+            "[scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\nsim_hub = \"hub-rails\"\n\
+             [[zones]]\nid = \"window\"\nhub = \"hub-window\"\n\
+             [[zones]]\nid = \"rails\"\nhub = \"hub-rails\"\n",
+        );
+        let heard = Heard::read(&one).unwrap();
+        assert_eq!(heard.hubs, ["hub-rails"]);
+        let unheard = heard.unheard_zones(&one);
+        assert_eq!(unheard.iter().map(|u| u.index).collect::<Vec<_>>(), [0]);
+        let wrong = config(
+            "[scan]\nsource = \"sim\"\nsim_scenario = \"builtin:boutique\"\nsim_hub = \"hub-till\"\n",
+        );
+        assert!(matches!(
+            Heard::read(&wrong),
+            Err(SourceError::SimHub { .. })
+        ));
+        assert!(matches!(open(&wrong), Err(SourceError::SimHub { .. })));
         // What `run` would fail on is said, not hidden.
         let missing = config("[scan]\nsource = \"replay\"\nreplay_file = \"/nonexistent.jsonl\"\n");
         assert!(Heard::read(&missing).is_err());

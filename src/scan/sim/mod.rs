@@ -137,6 +137,8 @@ pub struct Simulation {
     directory: Directory,
     /// Play the scenario again when it ends ([`Simulation::repeat`]).
     repeat: bool,
+    /// The one hub whose adverts are given ([`Simulation::hear_only`]); `None`: every hub's.
+    only_hub: Option<u16>,
     /// Laps played before this one; each starts where the last ended.
     laps: u64,
     /// Whether this lap has produced an advert yet: a lap that produces none would repeat forever
@@ -251,6 +253,7 @@ impl Simulation {
             end,
             directory,
             repeat: false,
+            only_hub: None,
             laps: 0,
             heard: false,
         }
@@ -263,6 +266,13 @@ impl Simulation {
     /// only time moves on. [`Simulation::shoppers`] and [`Simulation::end`] describe the first lap.
     pub fn repeat(&mut self) {
         self.repeat = true;
+    }
+
+    /// From now on gives only what the hub of index `hub` hears, as that hub's radio would; the
+    /// store, its shoppers and the radio are drawn as before, so daemons that each hear one hub
+    /// of the same scenario see one store.
+    pub fn hear_only(&mut self, hub: u16) {
+        self.only_hub = Some(hub);
     }
 
     /// How many laps have ended (0 during the first).
@@ -325,7 +335,10 @@ impl Simulation {
     pub fn next_advert(&mut self) -> Option<Advert> {
         loop {
             if let Some(a) = self.pending.pop_front() {
-                return Some(a);
+                if self.only_hub.is_none_or(|h| h == a.hub) {
+                    return Some(a);
+                }
+                continue;
             }
             match self.queue.pop() {
                 Some(Reverse((t, emitter))) if t < self.end => self.emit(t, emitter),
