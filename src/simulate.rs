@@ -192,11 +192,12 @@ impl Scorer {
                 .hub_names()
                 .iter()
                 .enumerate()
-                .filter_map(|(i, hub)| {
+                // Every hub runs its daemon, zones or not: a store with none still scores.
+                .map(|(i, hub)| {
                     let picked: Vec<usize> = (0..cfg.zones.len())
                         .filter(|&z| cfg.zones[z].hub.as_deref().unwrap_or(&cfg.hub.hub_id) == hub)
                         .collect();
-                    (!picked.is_empty()).then(|| lane(picked, hub, Some(i as u16)))
+                    lane(picked, hub, Some(i as u16))
                 })
                 .collect(),
         };

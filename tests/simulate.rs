@@ -455,3 +455,17 @@ fn deployed_one_engine_per_hub_each_hub_decides_its_own_zones_alone() {
     let json = serde_json::to_value(&alone).unwrap();
     assert_eq!(json["deployment"], "per_hub");
 }
+
+#[test]
+fn a_store_without_zones_scores_deployed_either_way() {
+    use beacond::simulate::Deployment;
+    for d in [Deployment::Shared, Deployment::PerHub] {
+        let mut sc = Scenario::load("builtin:boutique").unwrap();
+        sc.zones.clear();
+        sc.areas.clear();
+        sc.offers.clear();
+        let r = beacond::simulate::run_deployed(sc, None, d, |_, _| {});
+        assert_eq!(r.engine.engine_visits, 0, "{d:?}");
+        assert_eq!(r.engine.truth_visits, 0, "{d:?}");
+    }
+}
