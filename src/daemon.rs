@@ -739,7 +739,7 @@ const ZONES_NOTICE: &str = "zones";
 fn unheard_zones_notice(heard: &crate::scan::Heard, cfg: &Config) -> CoreCommand {
     let unheard = heard.unheard_zones(cfg);
     for u in &unheard {
-        tracing::warn!("zones[{}].hub: {}", u.index, u.message);
+        tracing::warn!("{u}");
     }
     let message = (!unheard.is_empty()).then(|| {
         let ids: Vec<&str> = unheard

@@ -66,7 +66,7 @@ pub fn report(path: &Path, findings: &[Finding]) -> serde_json::Value {
 /// What check-config warns about in `cfg`, loaded from `path`, which does not keep it from
 /// running: zones no hub of its source hears, as `FILE:LINE:COL: warning: zones[N].hub: …`; a
 /// source that cannot be read to tell, as `FILE: warning: …`.
-pub fn config_warnings(cfg: &crate::config::Config, path: &std::path::Path) -> Vec<String> {
+pub fn config_warnings(cfg: &Config, path: &Path) -> Vec<String> {
     let origin = path.display();
     let heard = match crate::scan::Heard::read(cfg) {
         Ok(h) => h,
@@ -365,7 +365,7 @@ fn zones(cfg: &Config) -> Option<Finding> {
             Status::Warn,
             unheard
                 .iter()
-                .map(|u| format!("zones[{}].hub: {}", u.index, u.message))
+                .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; "),
         )

@@ -339,6 +339,13 @@ pub struct UnheardZone {
     pub message: String,
 }
 
+/// `zones[N].hub: MESSAGE`, as the log and doctor say it.
+impl std::fmt::Display for UnheardZone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "zones[{}].hub: {}", self.index, self.message)
+    }
+}
+
 impl Heard {
     /// What `opened`, the source `cfg` names, hears.
     pub fn of(opened: &Opened, cfg: &crate::config::Config) -> Heard {
