@@ -15,6 +15,7 @@ pub mod identity;
 pub mod learned;
 pub mod logging;
 pub mod offers;
+pub mod peers;
 pub mod pipeline;
 pub mod presence;
 pub mod scan;

@@ -111,6 +111,12 @@ enum Command {
         /// engine hearing every hub.
         #[arg(long, conflicts_with = "calibrate")]
         per_hub: bool,
+        /// With `--per-hub`: the hubs share their observations of known devices (`[peers]`), each
+        /// arriving at the other hubs this many ms after it was heard. Each hub's engine then holds
+        /// every zone and reports its own.
+        #[arg(long, value_name = "MS", requires = "per_hub",
+              value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        share_lag_ms: Option<u64>,
     },
     /// Compute the retailer app's rotating token (the reference for app developers;
     /// docs/app-token.md specifies it).
@@ -481,14 +487,16 @@ fn main() -> ExitCode {
             calibrate,
             sets,
             per_hub,
+            share_lag_ms,
         } => {
             if calibrate {
                 simulate_calibrate(&scenario, json, seed, &sets)
             } else {
-                let deployment = if per_hub {
-                    beacond::simulate::Deployment::PerHub
-                } else {
-                    beacond::simulate::Deployment::Shared
+                use beacond::simulate::Deployment;
+                let deployment = match (per_hub, share_lag_ms) {
+                    (true, Some(lag_ms)) => Deployment::PerHubSharing { lag_ms },
+                    (true, None) => Deployment::PerHub,
+                    (false, _) => Deployment::Shared,
                 };
                 simulate(&scenario, json, filter, seed, hours, &sets, deployment)
             }

@@ -32,6 +32,14 @@ pub struct CoreStats {
     /// Adverts carrying the app's service data whose token matched nobody (dropped; the token is
     /// never logged).
     pub app_tokens_unknown: u64,
+    /// Sharing with peers: the hub's own observations of known devices put in the outbox.
+    pub peer_shared: u64,
+    /// Peers' observations the engine took.
+    pub peer_applied: u64,
+    /// Peers' observations too old to use (`[peers] max_lag_ms`).
+    pub peer_late: u64,
+    /// Peers' observations of customers or tags this hub does not know.
+    pub peer_unknown: u64,
 }
 
 /// A change of the customer list, from the sync stage to the core.
@@ -159,6 +167,18 @@ pub struct Core {
     app_uuid: Option<ServiceUuid>,
     tokens: TokenWindow,
     sync: Option<SyncReport>,
+    sharing: Option<Sharing>,
+}
+
+/// A hub that shares observations with its store's other hubs: it hears them through the engine as
+/// if its own radio did, and reports only the zones its own hub measures (each peer reports its
+/// own).
+#[derive(Clone, Debug)]
+struct Sharing {
+    own: String,
+    peers: Vec<String>,
+    max_lag_ms: u64,
+    outbox: crate::peers::Outbox,
 }
 
 impl Core {
@@ -177,7 +197,137 @@ impl Core {
             app_uuid: None,
             tokens: TokenWindow::new(600),
             sync: None,
+            sharing: None,
         }
+    }
+
+    /// Shares observations with `peers` as hub `own`: its own observations of known devices go to
+    /// the outbox ([`Core::take_shared`]), peers' observations up to `max_lag_ms` old are applied
+    /// ([`Core::handle_peer`]), and only events of `own`'s zones come out (a headcount still lists
+    /// every zone; [`Core::reports_zone`] says which to publish).
+    pub fn share_with(&mut self, own: &str, peers: &[String], max_lag_ms: u64) {
+        self.sharing = Some(Sharing {
+            own: own.to_owned(),
+            peers: peers.to_vec(),
+            max_lag_ms,
+            outbox: crate::peers::Outbox::new(own),
+        });
+    }
+
+    /// Stops sharing: every zone is reported again.
+    pub fn stop_sharing(&mut self) {
+        self.sharing = None;
+    }
+
+    /// Whether events of zone `zone` (an engine index) are this hub's to report: all of them, unless
+    /// it shares with peers, which report their own.
+    pub fn reports_zone(&self, zone: crate::presence::ZoneIdx) -> bool {
+        match &self.sharing {
+            None => true,
+            Some(s) => self
+                .engine
+                .zones()
+                .get(zone as usize)
+                .is_some_and(|z| self.engine.hubs()[z.hub as usize] == s.own),
+        }
+    }
+
+    /// Drops the events from `from` on that are about zones a peer reports.
+    fn keep_own(&self, out: &mut Vec<Event>, from: usize) {
+        if self.sharing.is_none() {
+            return;
+        }
+        let mut i = from;
+        while i < out.len() {
+            let keep = match &out[i] {
+                Event::Visit(v) => self.reports_zone(v.zone),
+                Event::Headcount(_) => true,
+            };
+            if keep {
+                i += 1;
+            } else {
+                out.remove(i);
+            }
+        }
+    }
+
+    /// The own observations waiting to be sent to peers, as one batch.
+    pub fn take_shared(&mut self) -> Option<crate::peers::Batch> {
+        self.sharing.as_mut()?.outbox.take()
+    }
+
+    /// Applies one observation a peer shared. `mark` is this hub's own time (its source's
+    /// watermark): a peer whose clock runs ahead is taken at `mark`, so it cannot move the engine
+    /// past adverts this hub has yet to handle.
+    pub fn handle_peer(
+        &mut self,
+        hub: &str,
+        obs: &crate::peers::Shared,
+        mark: Timestamp,
+        out: &mut Vec<Event>,
+    ) -> crate::peers::Applied {
+        use crate::peers::{Applied, Who};
+        let Some(sharing) = &self.sharing else {
+            return Applied::NotAPeer;
+        };
+        let hub_idx = match sharing.peers.iter().any(|p| p == hub) {
+            true => self.engine.hub_index(hub),
+            false => None,
+        };
+        let Some(hub_idx) = hub_idx else {
+            return Applied::NotAPeer;
+        };
+        let at = Timestamp(obs.t.min(mark.0));
+        if self.engine.now().since(at) > sharing.max_lag_ms {
+            self.stats.peer_late += 1;
+            return Applied::Late;
+        }
+        let identity = match &obs.who {
+            Who::CustomerId(id) => self.directory.customer_by_id(id).map(Identity::Customer),
+            Who::TagId(id) => self.directory.tag_by_id(id).map(Identity::Tag),
+        };
+        let Some(identity) = identity else {
+            self.stats.peer_unknown += 1;
+            return Applied::Unknown;
+        };
+        self.stats.peer_applied += 1;
+        let from = out.len();
+        self.engine.handle_observation(
+            at,
+            Observation {
+                identity,
+                hub: hub_idx,
+                rssi: obs.rssi,
+                measured_power: obs.power,
+            },
+            out,
+        );
+        self.keep_own(out, from);
+        Applied::Yes
+    }
+
+    /// Puts an observation of a known device heard by this hub's own radio in the outbox.
+    fn share(&mut self, adv: &Advert, hub: HubIdx, identity: Identity, power: Option<i8>) {
+        let Some(sharing) = &mut self.sharing else {
+            return;
+        };
+        if self.engine.hubs()[hub as usize] != sharing.own {
+            return;
+        }
+        let who = match identity {
+            Identity::Customer(k) => match self.directory.customer(k) {
+                Some(c) => crate::peers::Who::CustomerId(c.id.clone()),
+                None => return,
+            },
+            Identity::Tag(k) => match self.directory.tag(k) {
+                Some(t) => crate::peers::Who::TagId(t.to_owned()),
+                None => return,
+            },
+            // Never shared, in any form: see crate::peers.
+            Identity::Anonymous(_) => return,
+        };
+        sharing.outbox.push(adv.at, who, adv.rssi, power);
+        self.stats.peer_shared += 1;
     }
 
     /// Ends the visits in zones `cfg` drops (reason `reconfigured`), while their zones still have
@@ -188,8 +338,10 @@ impl Core {
         now: Timestamp,
         out: &mut Vec<Event>,
     ) {
+        let from = out.len();
         self.engine
             .end_visits_in_dropped_zones(&cfg.zones, now, out);
+        self.keep_own(out, from);
     }
 
     /// Applies reloaded zones and presence parameters at `now`, keeping who is where (see
@@ -201,6 +353,7 @@ impl Core {
         now: Timestamp,
         out: &mut Vec<Event>,
     ) {
+        let from = out.len();
         self.engine.reconfigure(
             &cfg.zones,
             crate::presence::EngineParams::from_config(&cfg.presence),
@@ -208,6 +361,7 @@ impl Core {
             now,
             out,
         );
+        self.keep_own(out, from);
         // Hub indices may have moved with the zones.
         self.hub_map = self
             .source_hubs
@@ -542,13 +696,16 @@ impl Core {
             self.stats.foreign_hub_adverts += 1;
             return;
         };
+        self.share(adv, hub, identity, power);
         let obs = Observation {
             identity,
             hub,
             rssi: adv.rssi,
             measured_power: power,
         };
+        let from = out.len();
         self.engine.handle_observation(adv.at, obs, out);
+        self.keep_own(out, from);
     }
 
     /// The next time the core must be woken, if any.
@@ -558,11 +715,192 @@ impl Core {
 
     /// Handles every deadline up to `now`.
     pub fn handle_timeout(&mut self, now: Timestamp, out: &mut Vec<Event>) {
+        let from = out.len();
         self.engine.handle_timeout(now, out);
+        self.keep_own(out, from);
     }
 
     /// Forgets an identity at once, with no event.
     pub fn forget(&mut self, identity: &Identity) -> bool {
         self.engine.forget(identity)
+    }
+}
+
+#[cfg(test)]
+mod sharing_tests {
+    use super::*;
+    use crate::peers::{Applied, Shared, Who};
+    use crate::presence::{EngineParams, VisitKind};
+
+    /// iBeacon e2c56db5-dffb-48d2-b060-d0f5a71096e0, major 1, minor 2, 1 m power −59 dBm.
+    const FOB: &str = "1aff4c000215e2c56db5dffb48d2b060d0f5a71096e000010002c5";
+    const T0: u64 = 1_800_000_000_000;
+
+    /// Hub a's core, sharing with hub b; one zone on each hub, customer c-1 carries the fob.
+    fn core() -> Core {
+        let cfg = crate::config::Config::parse(
+            "[hub]\nhub_id = \"a\"\n\
+             [[zones]]\nid = \"za\"\nhub = \"a\"\nenter_rssi = -70\nexit_rssi = -80\nmin_enter_s = 1\n\
+             [[zones]]\nid = \"zb\"\nhub = \"b\"\nenter_rssi = -70\nexit_rssi = -80\nmin_enter_s = 1\n",
+        )
+        .unwrap();
+        let engine = Engine::new(&cfg.zones, EngineParams::from_config(&cfg.presence), "a");
+        let mut dir = Directory::new();
+        let uuid = uuid::Uuid::parse_str("e2c56db5-dffb-48d2-b060-d0f5a71096e0").unwrap();
+        dir.add_customer(
+            crate::identity::Customer {
+                id: "c-1".into(),
+                segments: vec![],
+            },
+            &[BeaconId::IBeacon {
+                uuid: *uuid.as_bytes(),
+                major: 1,
+                minor: 2,
+            }],
+        );
+        let mut core = Core::new(engine, dir, &["a".to_string(), "b".to_string()], 1);
+        core.share_with("a", &["b".to_string()], 2000);
+        core
+    }
+
+    fn advert(ms: u64, hub: u16, rssi: i16, payload: &str) -> Advert {
+        Advert {
+            at: Timestamp(T0 + ms),
+            hub,
+            address: [0xc0, 1, 2, 3, 4, 5],
+            rssi,
+            payload: crate::scan::Payload::from_slice(&hex::decode(payload).unwrap()),
+        }
+    }
+
+    fn peer(ms: u64, rssi: i16) -> Shared {
+        Shared {
+            t: T0 + ms,
+            who: Who::CustomerId("c-1".into()),
+            rssi,
+            power: Some(-59),
+        }
+    }
+
+    fn visits(out: &[Event]) -> Vec<(String, &'static str)> {
+        out.iter()
+            .filter_map(|e| match e {
+                Event::Visit(v) => Some((
+                    ["za", "zb"][v.zone as usize].to_owned(),
+                    match v.kind {
+                        VisitKind::Enter => "enter",
+                        VisitKind::Dwell { .. } => "dwell",
+                        VisitKind::Exit { .. } => "exit",
+                    },
+                )),
+                Event::Headcount(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_known_devices_the_own_radio_hears_are_shared() {
+        let mut core = core();
+        let mut out = Vec::new();
+        core.handle_advert(&advert(0, 0, -60, FOB), &mut out);
+        // An anonymous phone, and the fob as a source's other hub heard it: neither is shared.
+        core.handle_advert(&advert(10, 0, -60, "05ff4c001005"), &mut out);
+        core.handle_advert(&advert(20, 1, -65, FOB), &mut out);
+        let batch = core.take_shared().unwrap();
+        assert_eq!(batch.hub, "a");
+        assert_eq!(batch.obs, vec![peer(0, -60)]);
+        assert_eq!(core.stats().peer_shared, 1);
+        assert!(core.take_shared().is_none());
+    }
+
+    #[test]
+    fn a_peer_pulls_the_customer_into_its_zone_and_reports_it_itself() {
+        let mut core = core();
+        let mut out = Vec::new();
+        // Near hub a for 5 s: this hub reports the visit to its own zone.
+        for s in 0..5 {
+            core.handle_advert(&advert(s * 1000, 0, -60, FOB), &mut out);
+            core.handle_peer(
+                "b",
+                &peer(s * 1000 + 500, -85),
+                Timestamp(T0 + s * 1000 + 500),
+                &mut out,
+            );
+        }
+        assert_eq!(visits(&out), [("za".to_owned(), "enter")]);
+        out.clear();
+        // Then at hub b, as hub b tells it: the visit to za ends here, the one to zb is b's to report.
+        for s in 5..30 {
+            core.handle_advert(&advert(s * 1000, 0, -78, FOB), &mut out);
+            core.handle_peer(
+                "b",
+                &peer(s * 1000 + 500, -55),
+                Timestamp(T0 + s * 1000 + 500),
+                &mut out,
+            );
+        }
+        assert_eq!(visits(&out), [("za".to_owned(), "exit")]);
+        assert_eq!(
+            core.engine()
+                .zone_of(&Identity::Customer(crate::identity::CustomerKey(0))),
+            Some(1)
+        );
+        assert!(core.reports_zone(0) && !core.reports_zone(1));
+        assert_eq!(core.stats().peer_applied, 30);
+    }
+
+    #[test]
+    fn peers_observations_are_bounded_in_age_and_by_whom_they_name() {
+        let mut core = core();
+        let mut out = Vec::new();
+        core.handle_advert(&advert(10_000, 0, -60, FOB), &mut out);
+        let mark = Timestamp(T0 + 10_000);
+        assert_eq!(
+            core.handle_peer("b", &peer(7_999, -60), mark, &mut out),
+            Applied::Late
+        );
+        assert_eq!(
+            core.handle_peer("b", &peer(8_000, -60), mark, &mut out),
+            Applied::Yes
+        );
+        let stranger = Shared {
+            who: Who::CustomerId("c-2".into()),
+            ..peer(9_000, -60)
+        };
+        assert_eq!(
+            core.handle_peer("b", &stranger, mark, &mut out),
+            Applied::Unknown
+        );
+        assert_eq!(
+            core.handle_peer("c", &peer(9_000, -60), mark, &mut out),
+            Applied::NotAPeer
+        );
+        assert_eq!(
+            core.handle_peer("a", &peer(9_000, -60), mark, &mut out),
+            Applied::NotAPeer
+        );
+        // A peer's clock ahead of this hub's is taken at this hub's time.
+        assert_eq!(
+            core.handle_peer("b", &peer(60_000, -60), mark, &mut out),
+            Applied::Yes
+        );
+        assert_eq!(core.engine().now(), mark);
+        let s = core.stats();
+        assert_eq!((s.peer_late, s.peer_unknown, s.peer_applied), (1, 1, 2));
+    }
+
+    #[test]
+    fn without_sharing_peers_are_refused_and_every_zone_is_reported() {
+        let mut core = core();
+        core.stop_sharing();
+        let mut out = Vec::new();
+        let mark = Timestamp(T0);
+        assert_eq!(
+            core.handle_peer("b", &peer(0, -60), mark, &mut out),
+            Applied::NotAPeer
+        );
+        assert!(core.reports_zone(1));
+        core.handle_advert(&advert(0, 0, -60, FOB), &mut out);
+        assert!(core.take_shared().is_none());
     }
 }

@@ -154,6 +154,14 @@ pub enum Deployment {
     /// One engine per hub, each hearing only its own radio and deciding only its own zones: a store
     /// where each hub runs its own beacond. A customer may then be in two hubs' zones at once.
     PerHub,
+    /// One engine per hub as in `PerHub`, but the hubs share their observations of known devices
+    /// (`[peers]`): each engine holds every zone, hears its own radio at once and the other hubs'
+    /// `lag_ms` later, and reports only its own hub's zones.
+    PerHubSharing {
+        /// How long a shared observation takes to reach the other hubs: the batch interval plus the
+        /// trip through the broker.
+        lag_ms: u64,
+    },
 }
 
 /// One engine and what it hears.
@@ -161,6 +169,8 @@ struct Lane {
     core: Core,
     /// The source hub it hears; `None`: every hub.
     hears: Option<u16>,
+    /// Peers' observations on their way: when each arrives, from which hub.
+    inbound: std::collections::VecDeque<(u64, String, crate::peers::Shared)>,
     /// The scenario's index of each of its engine's zones.
     zones: Vec<u16>,
     events: Vec<Event>,
@@ -169,6 +179,8 @@ struct Lane {
 /// Collects one configuration's visits per customer, from one engine or one per hub.
 struct Scorer {
     lanes: Vec<Lane>,
+    /// With [`Deployment::PerHubSharing`]: how late peers' observations arrive.
+    lag_ms: Option<u64>,
     visits: HashMap<CustomerKey, Vec<EngineVisit>>,
     open: HashMap<(CustomerKey, usize), (u16, u64)>,
 }
@@ -182,9 +194,15 @@ impl Scorer {
             Lane {
                 core: Core::new(engine, sim.directory().clone(), sim.hub_names(), 0x5EED),
                 hears,
+                inbound: Default::default(),
                 zones: picked.into_iter().map(|i| i as u16).collect(),
                 events: Vec::new(),
             }
+        };
+        let own_zones = |hub: &str| -> Vec<usize> {
+            (0..cfg.zones.len())
+                .filter(|&z| cfg.zones[z].hub.as_deref().unwrap_or(&cfg.hub.hub_id) == hub)
+                .collect()
         };
         let lanes = match deployment {
             Deployment::Shared => vec![lane((0..cfg.zones.len()).collect(), &cfg.hub.hub_id, None)],
@@ -193,16 +211,29 @@ impl Scorer {
                 .iter()
                 .enumerate()
                 // Every hub runs its daemon, zones or not: a store with none still scores.
-                .map(|(i, hub)| {
-                    let picked: Vec<usize> = (0..cfg.zones.len())
-                        .filter(|&z| cfg.zones[z].hub.as_deref().unwrap_or(&cfg.hub.hub_id) == hub)
-                        .collect();
-                    lane(picked, hub, Some(i as u16))
-                })
+                .map(|(i, hub)| lane(own_zones(hub), hub, Some(i as u16)))
                 .collect(),
+            Deployment::PerHubSharing { .. } => {
+                let hubs = sim.hub_names();
+                hubs.iter()
+                    .enumerate()
+                    .map(|(i, hub)| {
+                        let mut l = lane((0..cfg.zones.len()).collect(), hub, Some(i as u16));
+                        let peers: Vec<String> =
+                            hubs.iter().filter(|h| *h != hub).cloned().collect();
+                        l.core.share_with(hub, &peers, cfg.peers.max_lag_ms);
+                        l
+                    })
+                    .collect()
+            }
+        };
+        let lag_ms = match deployment {
+            Deployment::PerHubSharing { lag_ms } => Some(lag_ms),
+            _ => None,
         };
         Scorer {
             lanes,
+            lag_ms,
             visits: HashMap::new(),
             open: HashMap::new(),
         }
@@ -212,6 +243,14 @@ impl Scorer {
     /// hub's daemon does on its own clock.
     fn advert(&mut self, a: &crate::scan::Advert) {
         for lane in &mut self.lanes {
+            while lane
+                .inbound
+                .front()
+                .is_some_and(|(due, _, _)| *due <= a.at.0)
+            {
+                let (_, hub, obs) = lane.inbound.pop_front().expect("checked");
+                lane.core.handle_peer(&hub, &obs, a.at, &mut lane.events);
+            }
             match lane.hears {
                 Some(h) if h != a.hub => {
                     if lane.core.poll_timeout().is_some_and(|t| t <= a.at) {
@@ -219,6 +258,22 @@ impl Scorer {
                     }
                 }
                 _ => lane.core.handle_advert(a, &mut lane.events),
+            }
+        }
+        let Some(lag) = self.lag_ms else {
+            return;
+        };
+        for i in 0..self.lanes.len() {
+            let Some(batch) = self.lanes[i].core.take_shared() else {
+                continue;
+            };
+            for (j, lane) in self.lanes.iter_mut().enumerate() {
+                if j != i {
+                    for o in &batch.obs {
+                        lane.inbound
+                            .push_back((o.t + lag, batch.hub.clone(), o.clone()));
+                    }
+                }
             }
         }
     }
@@ -518,10 +573,14 @@ impl Report {
             self.customer_hours,
             self.wall_s
         );
-        if self.deployment == Deployment::PerHub {
-            s.push_str(
+        match self.deployment {
+            Deployment::Shared => {}
+            Deployment::PerHub => s.push_str(
                 "deployed one engine per hub: each hub hears only its own radio and decides only its own zones\n",
-            );
+            ),
+            Deployment::PerHubSharing { lag_ms } => s.push_str(&format!(
+                "deployed one engine per hub, sharing observations of known devices {lag_ms} ms late: each hub decides only its own zones\n"
+            )),
         }
         s.push_str(&format!(
             "{:<26} {:>12} {:>12}\n",

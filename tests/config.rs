@@ -178,11 +178,27 @@ fn a_zone_this_hub_cannot_hear_is_a_warning_naming_its_line() {
         .stdout(predicate::str::contains(format!(
             "{}:9:1: warning: zones[1].hub: zone \"deli\" is measured by hub hub-deli, but this hub \
              (hub-entrance) hears only its own radio: nobody is ever seen in it and offers on it never \
-             fire; leave `hub` out to measure it with this hub, or move the zone to hub-deli's own config",
+             fire; leave `hub` out to measure it with this hub, move the zone to hub-deli's own \
+             config, or list hub-deli in [peers] hubs to share observations with it",
             p.display()
         )))
         .stdout(predicate::str::contains("\n1 warning(s)\n"))
         .stdout(predicate::str::contains("zones[0]").not());
+    // Shared with hub-deli, its zone is heard through it (and hub-deli reports it).
+    let shared = write(
+        &dir,
+        "shared.toml",
+        &format!(
+            "{}[peers]\nhubs = [\"hub-deli\"]\n",
+            std::fs::read_to_string(&p).unwrap()
+        ),
+    );
+    beacond()
+        .arg("check-config")
+        .arg(&shared)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("warning").not());
     // The example config, whose zones inherit the hub, has none.
     beacond()
         .args(["check-config", EXAMPLE])
@@ -585,4 +601,44 @@ fn an_empty_sim_hub_is_named() {
     assert!(rejected.problems[0]
         .message
         .starts_with("must not be empty; name one of the scenario's [[hubs]]"));
+}
+
+#[test]
+fn peer_lists_are_checked_where_they_are_written() {
+    let rejected = Config::parse(
+        "[hub]\nhub_id = \"hub-a\"\n[mqtt]\nenabled = true\n\
+         [peers]\nhubs = [\"hub-b\", \"hub-a\", \"hub-b\", \"hub/c\"]\nmax_lag_ms = 50\n",
+    )
+    .unwrap_err();
+    let got: Vec<(String, usize, &str)> = rejected
+        .problems
+        .iter()
+        .map(|p| (p.key.to_string(), p.at.line, p.message.as_str()))
+        .collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[0].0, "peers.hubs[1]");
+    assert_eq!(got[0].1, 6);
+    assert!(got[0].2.contains("this hub's own hub_id"), "{got:?}");
+    assert_eq!(got[1].0, "peers.hubs[2]");
+    assert!(got[1].2.contains("listed twice"), "{got:?}");
+    assert_eq!(got[2].0, "peers.hubs[3]");
+    assert!(got[2].2.contains("contains '/'"), "{got:?}");
+    assert_eq!(got[3].0, "peers.max_lag_ms");
+    assert_eq!(got[3].1, 7);
+    assert!(got[3].2.contains("use 100 to 60000"), "{got:?}");
+    // Sharing goes through the broker.
+    let rejected = Config::parse(
+        "[hub]\nhub_id = \"hub-a\"\n[mqtt]\nenabled = false\n[peers]\nhubs = [\"hub-b\"]\n",
+    )
+    .unwrap_err();
+    assert_eq!(rejected.problems.len(), 1, "{rejected:?}");
+    assert!(rejected.problems[0]
+        .message
+        .starts_with("hubs share observations through the MQTT broker; set [mqtt] enabled = true"));
+    // Off by default, and a list of peers with MQTT on is fine.
+    assert!(Config::default().peers.hubs.is_empty());
+    Config::parse(
+        "[hub]\nhub_id = \"hub-a\"\n[mqtt]\nenabled = true\n[peers]\nhubs = [\"hub-b\"]\n",
+    )
+    .unwrap();
 }

@@ -397,12 +397,16 @@ fn a_quiet_store_learns_a_smaller_exit_margin_and_sees_people_leave_sooner() {
         .all(|h| !h.learned && h.margin_db == 8.0));
 }
 
-/// The most zones any one customer was in at once during a run of `name`, deployed as `d`.
-fn most_zones_at_once(name: &str, d: beacond::simulate::Deployment) -> (Report, usize) {
+/// The most zones any one customer was in at once during a run of `name`, deployed as `d`, and the
+/// seconds customers spent reported in two zones at once, by the events' own times (engines that run
+/// side by side report the same instant in either order).
+fn most_zones_at_once(name: &str, d: beacond::simulate::Deployment) -> (Report, usize, f64) {
     use beacond::presence::{Event, Subject, VisitKind};
     use std::collections::{HashMap, HashSet};
     let mut inside: HashMap<String, HashSet<String>> = HashMap::new();
     let mut most = 0;
+    // Per customer: (time, +1 enter / -1 exit).
+    let mut edges: HashMap<String, Vec<(u64, i32)>> = HashMap::new();
     let r = beacond::simulate::run_deployed(
         Scenario::load(&format!("builtin:{name}")).unwrap(),
         None,
@@ -418,31 +422,51 @@ fn most_zones_at_once(name: &str, d: beacond::simulate::Deployment) -> (Report, 
             match v.kind {
                 VisitKind::Enter => {
                     zones.insert(zone);
+                    edges.entry(format!("{c:?}")).or_default().push((v.at.0, 1));
                 }
                 VisitKind::Exit { .. } => {
                     zones.remove(&zone);
+                    edges
+                        .entry(format!("{c:?}"))
+                        .or_default()
+                        .push((v.at.0, -1));
                 }
                 VisitKind::Dwell { .. } => {}
             }
             most = most.max(zones.len());
         },
     );
-    (r, most)
+    let mut twice_ms = 0;
+    for e in edges.values_mut() {
+        // Exits first at a tie: a move at one instant is not two zones at once.
+        e.sort_unstable();
+        let mut n = 0;
+        let mut since = 0;
+        for &(t, step) in e.iter() {
+            if n >= 2 {
+                twice_ms += t - since;
+            }
+            n += step;
+            since = t;
+        }
+    }
+    (r, most, twice_ms as f64 / 1000.0)
 }
 
 #[test]
 fn deployed_one_engine_per_hub_each_hub_decides_its_own_zones_alone() {
     use beacond::simulate::Deployment;
     // One engine hearing every hub holds a customer in one zone at a time.
-    let (shared, most) = most_zones_at_once("boutique", Deployment::Shared);
-    assert_eq!(most, 1);
+    let (shared, most, twice) = most_zones_at_once("boutique", Deployment::Shared);
+    assert_eq!((most, twice), (1, 0.0));
     assert_eq!(shared.deployment, Deployment::Shared);
     // Hubs that each hear only their own radio cannot arbitrate: the boutique's zones reach past
     // the midpoints between hubs, so a customer is in two of them at once, and the engine's
     // accuracy falls (docs/presence.md, "As deployed").
-    let (alone, most) = most_zones_at_once("boutique", Deployment::PerHub);
+    let (alone, most, twice) = most_zones_at_once("boutique", Deployment::PerHub);
     assert_eq!(alone.deployment, Deployment::PerHub);
     assert!(most >= 2, "no customer in two zones at once");
+    assert!(twice > 600.0, "{twice} s in two zones at once");
     assert!(
         alone.engine.zone_accuracy < shared.engine.zone_accuracy - 0.1,
         "shared {} per hub {}",
@@ -457,9 +481,45 @@ fn deployed_one_engine_per_hub_each_hub_decides_its_own_zones_alone() {
 }
 
 #[test]
+fn hubs_that_share_observations_decide_as_one_engine_hearing_every_hub() {
+    use beacond::simulate::Deployment;
+    let (shared, _, _) = most_zones_at_once("boutique", Deployment::Shared);
+    // Shared at once, each hub's engine holds what one engine would: the very same visits, and each
+    // reported once, by the hub whose zone it is.
+    let (at_once, _, twice) =
+        most_zones_at_once("boutique", Deployment::PerHubSharing { lag_ms: 0 });
+    assert_eq!(twice, 0.0);
+    assert_eq!(at_once.engine, shared.engine);
+    assert_eq!(at_once.baseline, shared.baseline);
+    // A quarter of a second late (the default batch interval), they lose little of it; alone, each
+    // hub loses a third of the store (the test above).
+    let lag_ms = 250;
+    let (late, _, twice) = most_zones_at_once("boutique", Deployment::PerHubSharing { lag_ms });
+    // A move shows in both zones for as long as the news takes to reach the hub left: 3 s in all
+    // over two customer-hours, where hubs alone hold customers in two zones for an hour.
+    assert!(twice < 10.0, "{twice} s in two zones at once");
+    let (alone, _, _) = most_zones_at_once("boutique", Deployment::PerHub);
+    assert!(
+        late.engine.zone_accuracy > shared.engine.zone_accuracy - 0.02
+            && late.engine.zone_accuracy > alone.engine.zone_accuracy + 0.3,
+        "one engine {}, sharing {}, alone {}",
+        shared.engine.zone_accuracy,
+        late.engine.zone_accuracy,
+        alone.engine.zone_accuracy
+    );
+    assert_eq!(late.engine.missed_visits, 0);
+    let json = serde_json::to_value(&late).unwrap();
+    assert_eq!(json["deployment"]["per_hub_sharing"]["lag_ms"], lag_ms);
+}
+
+#[test]
 fn a_store_without_zones_scores_deployed_either_way() {
     use beacond::simulate::Deployment;
-    for d in [Deployment::Shared, Deployment::PerHub] {
+    for d in [
+        Deployment::Shared,
+        Deployment::PerHub,
+        Deployment::PerHubSharing { lag_ms: 250 },
+    ] {
         let mut sc = Scenario::load("builtin:boutique").unwrap();
         sc.zones.clear();
         sc.areas.clear();

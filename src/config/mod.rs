@@ -35,6 +35,8 @@ pub struct Config {
     pub offers: Vec<OfferConfig>,
     /// Caps across all offers.
     pub offer_limits: OfferLimits,
+    /// The store's other hubs this hub shares observations with.
+    pub peers: PeersConfig,
     /// The local health and metrics endpoint.
     pub health: HealthConfig,
     /// Logging.
@@ -443,6 +445,33 @@ pub struct OfferConfig {
     /// The most triggers of this offer per local day on this hub; absent: no budget.
     #[serde(default)]
     pub daily_budget: Option<u32>,
+}
+
+/// `[peers]`: the store's other hubs, whose observations of known devices this hub's engine uses
+/// as if its own radio had heard them, and which hear this hub's in turn (over the MQTT broker).
+/// Zones of a peer hub may then be in this hub's `[[zones]]`: the engine weighs them when a
+/// customer moves between hubs, and the peer reports them. Each hub reports only its own zones.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersConfig {
+    /// The other hubs' `hub_id`s; empty: share nothing (the default).
+    pub hubs: Vec<String>,
+    /// A peer's observation heard longer ago than this, by this hub's clock, is not used: the
+    /// engine has decided without it. Covers the broker's trip and clock skew between hubs.
+    pub max_lag_ms: u64,
+    /// How often this hub sends what it heard, ms. Shorter: peers decide sooner; longer: fewer
+    /// messages.
+    pub batch_interval_ms: u64,
+}
+
+impl Default for PeersConfig {
+    fn default() -> Self {
+        PeersConfig {
+            hubs: Vec::new(),
+            max_lag_ms: 2000,
+            batch_interval_ms: 250,
+        }
+    }
 }
 
 /// `[health]`: the local HTTP endpoint for Prometheus, `/healthz` and `beacond status`.

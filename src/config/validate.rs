@@ -26,6 +26,7 @@ pub fn validate(cfg: &Config) -> Problems {
     identity(cfg, &mut p);
     offers(cfg, &mut p);
     offer_limits(cfg, &mut p);
+    peers(cfg, &mut p);
     health(cfg, &mut p);
     log(cfg, &mut p);
     p
@@ -602,6 +603,50 @@ fn offer_limits(cfg: &Config, p: &mut Problems) {
             format!(
                 "{} s is out of range; use 60 to 86400 (default 1800)",
                 l.visit_gap_s
+            ),
+        ));
+    }
+}
+
+fn peers(cfg: &Config, p: &mut Problems) {
+    let path = KeyPath::key("peers");
+    let s = &cfg.peers;
+    for (i, h) in s.hubs.iter().enumerate() {
+        let at = path.join("hubs").index(i);
+        if let Some(m) = topic_level_problem(h) {
+            p.push((at, m));
+        } else if *h == cfg.hub.hub_id {
+            p.push((
+                at,
+                format!("{h:?} is this hub's own hub_id; list only the store's other hubs"),
+            ));
+        } else if s.hubs[..i].contains(h) {
+            p.push((at, format!("{h:?} is listed twice; list each hub once")));
+        }
+    }
+    if !s.hubs.is_empty() && !cfg.mqtt.enabled {
+        p.push((
+            path.join("hubs"),
+            "hubs share observations through the MQTT broker; set [mqtt] enabled = true, or leave \
+             peers.hubs empty"
+                .into(),
+        ));
+    }
+    if !(100..=60_000).contains(&s.max_lag_ms) {
+        p.push((
+            path.join("max_lag_ms"),
+            format!(
+                "{} ms is out of range; use 100 to 60000 (default 2000)",
+                s.max_lag_ms
+            ),
+        ));
+    }
+    if !(50..=5_000).contains(&s.batch_interval_ms) {
+        p.push((
+            path.join("batch_interval_ms"),
+            format!(
+                "{} ms is out of range; use 50 to 5000 (default 250)",
+                s.batch_interval_ms
             ),
         ));
     }

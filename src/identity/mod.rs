@@ -382,6 +382,15 @@ impl Directory {
         self.tags.get(key.0 as usize).map(String::as_str)
     }
 
+    /// The tag with display id `id`, if registered. Tags are the store's few asset beacons, so a
+    /// scan is cheaper than keeping a second index.
+    pub fn tag_by_id(&self, id: &str) -> Option<TagKey> {
+        self.tags
+            .iter()
+            .position(|t| t == id)
+            .map(|i| TagKey(i as u32))
+    }
+
     /// Number of customers.
     pub fn customer_count(&self) -> usize {
         self.by_id.len()

@@ -599,6 +599,11 @@ impl Engine {
         &self.zones
     }
 
+    /// The engine's time: the latest observation or deadline it has handled.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
     /// The hubs, by index; hub 0 is the default hub.
     pub fn hubs(&self) -> &[String] {
         &self.hubs

@@ -424,12 +424,14 @@ impl Heard {
             .enumerate()
             .filter_map(|(index, z)| {
                 let hub = z.hub.as_deref().unwrap_or(&cfg.hub.hub_id);
-                if self.hubs.iter().any(|h| h == hub) {
+                // A peer measures it and reports it; this hub hears it through the peer.
+                if self.hubs.iter().chain(&cfg.peers.hubs).any(|h| h == hub) {
                     return None;
                 }
                 let advice = match self.kind {
                     crate::config::SourceKind::Bluez => format!(
-                        "leave `hub` out to measure it with this hub, or move the zone to {hub}'s own config"
+                        "leave `hub` out to measure it with this hub, move the zone to {hub}'s own \
+                         config, or list {hub} in [peers] hubs to share observations with it"
                     ),
                     _ => format!("set `hub` to one of {}", self.hubs.join(", ")),
                 };

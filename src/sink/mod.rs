@@ -334,7 +334,10 @@ pub fn render(core: &Core, event: &Event) -> Record {
                 .zones
                 .iter()
                 .zip(zones)
-                .map(|(c, z)| ZoneHeadcount {
+                .enumerate()
+                // A peer counts its own zones: here they would miss every device only it hears.
+                .filter(|(i, _)| core.reports_zone(*i as crate::presence::ZoneIdx))
+                .map(|(_, (c, z))| ZoneHeadcount {
                     zone: z.id.clone(),
                     anonymous: c.anonymous,
                     known: c.known,

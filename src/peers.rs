@@ -1,0 +1,265 @@
+//! Observations a store's hubs share with each other, so each hub's engine decides on every hub's
+//! signal as one engine hearing the whole store does (docs/presence.md, "As deployed").
+//!
+//! Sans-IO: the wire format, its checks and an outbox that batches a hub's own observations. The
+//! core ([`crate::pipeline::Core`]) fills the outbox and applies peers' observations; the MQTT sink
+//! carries the batches.
+//!
+//! Only opted-in customers and registered tags are ever shared, by the ids the hub's events already
+//! publish. Anonymous devices are not shared in any form, not even as a salted handle: nothing that
+//! could follow a person who has not opted in leaves the hub.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::time::Timestamp;
+
+/// The batch schema this build writes and reads.
+pub const SCHEMA: u32 = 1;
+
+/// Observations in one batch at most: about ten seconds of a busy hub's known devices, far more than
+/// one batch interval holds. A larger batch is refused whole rather than read in part.
+pub const BATCH_MAX: usize = 4096;
+
+/// Who a shared observation is about: an id the hub's events already publish.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Who {
+    /// A customer who opted in, by platform id.
+    CustomerId(String),
+    /// A registered tag (not a person), by display id.
+    TagId(String),
+}
+
+/// One advert a hub heard from a known device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Shared {
+    /// When the hub heard it: ms since the Unix epoch on that hub's clock.
+    pub t: u64,
+    /// Who it was.
+    #[serde(flatten)]
+    pub who: Who,
+    /// Received signal strength, dBm.
+    pub rssi: i16,
+    /// The 1 m power the device's frame states, if it states one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<i8>,
+}
+
+/// What one hub sends on `{prefix}/{store}/{hub}/observations`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// [`SCHEMA`].
+    pub schema: u32,
+    /// The hub that heard them.
+    pub hub: String,
+    /// In the order heard.
+    pub obs: Vec<Shared>,
+}
+
+/// Why a peer's batch was not applied.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// Not JSON of the batch's shape.
+    #[error(
+        "not a batch of shared observations ({0}); is another program publishing on the topic?"
+    )]
+    Json(#[from] serde_json::Error),
+    /// Written by a beacond this build cannot read.
+    #[error(
+        "batch schema {0}, this beacond reads schema {SCHEMA}: upgrade the store's hubs together"
+    )]
+    Schema(u32),
+    /// The batch names a different hub than its topic.
+    #[error("batch from hub {named:?} on hub {topic:?}'s topic; check both hubs' [hub] hub_id")]
+    Hub {
+        /// The hub the payload names.
+        named: String,
+        /// The hub the topic names.
+        topic: String,
+    },
+    /// More observations than [`BATCH_MAX`].
+    #[error("batch of {0} observations, more than {BATCH_MAX}")]
+    TooLarge(usize),
+}
+
+impl Batch {
+    /// The payload to publish.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a batch always serializes")
+    }
+
+    /// Reads a batch that arrived on `topic_hub`'s topic, and checks it belongs there.
+    pub fn decode(payload: &[u8], topic_hub: &str) -> Result<Batch, PeerError> {
+        // The schema first, so a newer hub's batch is named as such and not as malformed.
+        #[derive(Deserialize)]
+        struct Head {
+            schema: u32,
+        }
+        let head: Head = serde_json::from_slice(payload)?;
+        if head.schema != SCHEMA {
+            return Err(PeerError::Schema(head.schema));
+        }
+        let batch: Batch = serde_json::from_slice(payload)?;
+        if batch.hub != topic_hub {
+            return Err(PeerError::Hub {
+                named: batch.hub,
+                topic: topic_hub.to_owned(),
+            });
+        }
+        if batch.obs.len() > BATCH_MAX {
+            return Err(PeerError::TooLarge(batch.obs.len()));
+        }
+        Ok(batch)
+    }
+}
+
+/// A hub's own observations of known devices, waiting for the next batch.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    hub: String,
+    obs: Vec<Shared>,
+    dropped: u64,
+}
+
+impl Outbox {
+    /// An empty outbox for `hub`'s observations.
+    pub fn new(hub: &str) -> Outbox {
+        Outbox {
+            hub: hub.to_owned(),
+            obs: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Adds one observation; past [`BATCH_MAX`] waiting it is dropped and counted, since a batch
+    /// nobody collected is too old for a peer to use anyway.
+    pub fn push(&mut self, at: Timestamp, who: Who, rssi: i16, power: Option<i8>) {
+        if self.obs.len() >= BATCH_MAX {
+            self.dropped += 1;
+            return;
+        }
+        self.obs.push(Shared {
+            t: at.as_millis(),
+            who,
+            rssi,
+            power,
+        });
+    }
+
+    /// The waiting observations as a batch, if there are any.
+    pub fn take(&mut self) -> Option<Batch> {
+        if self.obs.is_empty() {
+            return None;
+        }
+        Some(Batch {
+            schema: SCHEMA,
+            hub: self.hub.clone(),
+            obs: std::mem::take(&mut self.obs),
+        })
+    }
+
+    /// Observations dropped because no batch was taken in time.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// What became of a peer's observation in the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The engine has it.
+    Yes,
+    /// Heard longer ago than `[peers] max_lag_ms`: the engine has moved on.
+    Late,
+    /// A customer or tag this hub does not know (yet: the customer list may lag the peer's).
+    Unknown,
+    /// From a hub this hub is not set to hear.
+    NotAPeer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Batch {
+        let mut o = Outbox::new("hub-a");
+        o.push(
+            Timestamp(1_700_000_000_123),
+            Who::CustomerId("c-1".into()),
+            -61,
+            Some(-59),
+        );
+        o.push(
+            Timestamp(1_700_000_000_200),
+            Who::TagId("trolley-7".into()),
+            -80,
+            None,
+        );
+        o.take().unwrap()
+    }
+
+    #[test]
+    fn a_batch_reads_back_as_written_and_names_its_ids_plainly() {
+        let b = batch();
+        let bytes = b.encode();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"schema":1,"hub":"hub-a","obs":[{"t":1700000000123,"customer_id":"c-1","rssi":-61,"power":-59},{"t":1700000000200,"tag_id":"trolley-7","rssi":-80}]}"#
+        );
+        assert_eq!(Batch::decode(&bytes, "hub-a").unwrap(), b);
+    }
+
+    #[test]
+    fn an_empty_outbox_sends_nothing_and_a_taken_one_starts_again() {
+        let mut o = Outbox::new("hub-a");
+        assert!(o.take().is_none());
+        o.push(Timestamp(1), Who::CustomerId("c".into()), -70, None);
+        assert_eq!(o.take().unwrap().obs.len(), 1);
+        assert!(o.take().is_none());
+    }
+
+    #[test]
+    fn a_full_outbox_drops_and_counts() {
+        let mut o = Outbox::new("hub-a");
+        for i in 0..BATCH_MAX as u64 + 3 {
+            o.push(Timestamp(i), Who::CustomerId("c".into()), -70, None);
+        }
+        assert_eq!(o.dropped(), 3);
+        assert_eq!(o.take().unwrap().obs.len(), BATCH_MAX);
+    }
+
+    #[test]
+    fn batches_that_do_not_belong_are_refused_with_the_reason() {
+        let good = batch().encode();
+        let e = Batch::decode(&good, "hub-b").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "batch from hub \"hub-a\" on hub \"hub-b\"'s topic; check both hubs' [hub] hub_id"
+        );
+        let newer = String::from_utf8(good)
+            .unwrap()
+            .replace("\"schema\":1", "\"schema\":2");
+        assert!(matches!(
+            Batch::decode(newer.as_bytes(), "hub-a"),
+            Err(PeerError::Schema(2))
+        ));
+        assert!(matches!(
+            Batch::decode(b"online", "hub-a"),
+            Err(PeerError::Json(_))
+        ));
+        // Neither a customer nor a tag: the shape is wrong, not silently anonymous.
+        let nobody = br#"{"schema":1,"hub":"hub-a","obs":[{"t":1,"rssi":-70}]}"#;
+        assert!(matches!(
+            Batch::decode(nobody, "hub-a"),
+            Err(PeerError::Json(_))
+        ));
+        let mut big = batch();
+        big.obs = vec![big.obs[0].clone(); BATCH_MAX + 1];
+        assert!(matches!(
+            Batch::decode(&big.encode(), "hub-a"),
+            Err(PeerError::TooLarge(_))
+        ));
+    }
+}
