@@ -536,7 +536,14 @@ mod tests {
         assert_eq!(unheard[0].index, 2);
         let m = &unheard[0].message;
         assert!(m.starts_with("zone \"deli\" is measured by hub hub-2, but this hub (hub-1) hears only its own radio"), "{m}");
-        assert!(m.ends_with("move the zone to hub-2's own config"), "{m}");
+        assert!(
+            m.ends_with("list hub-2 in [peers] hubs to share observations with it"),
+            "{m}"
+        );
+        // Shared with hub-2, the zone is heard through it.
+        let mut cfg = cfg;
+        cfg.peers.hubs = vec!["hub-2".into()];
+        assert!(heard.unheard_zones(&cfg).is_empty());
     }
 
     #[test]
