@@ -129,7 +129,7 @@ fn main() {
         let (trigger, shutdown) = beacond::shutdown::channel();
         let health = Arc::new(Mutex::new(Health::default()));
         let t = Instant::now();
-        let sink = tokio::spawn(beacond::sink::mqtt::run(settings, spool, rx, health, None, shutdown));
+        let sink = tokio::spawn(beacond::sink::mqtt::run(settings, spool, rx, health, Default::default(), shutdown));
         while got.load(Ordering::Relaxed) < events {
             assert!(t.elapsed() < Duration::from_secs(300), "drain stalled at {}", got.load(Ordering::Relaxed));
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -110,6 +110,7 @@ pub async fn run_with(
 
     // Core.
     let mut core = Core::for_config(&cfg, opened.directory(), &hubs);
+    let (peer_io, mut peer_link) = share_with_peers(&cfg, &mut core).unzip();
     let learned = restore_learned(&cfg, &mut core);
     let zones: Vec<String> = core.engine().zones().iter().map(|z| z.id.clone()).collect();
     let (cmd_tx, cmd_rx) = mpsc::channel::<CoreCommand>(COMMAND_QUEUE);
@@ -182,12 +183,19 @@ pub async fn run_with(
                 "spool has messages from before; sending them"
             );
         }
-        let link = start_sync(&cfg, &mut settings, cmd_tx.clone(), shutdown.clone())?;
+        let links = crate::sink::mqtt::Links {
+            sync: Some(start_sync(
+                &cfg,
+                &mut settings,
+                cmd_tx.clone(),
+                shutdown.clone(),
+            )?),
+            peers: peer_link.take(),
+        };
         let health = mqtt_health.clone().expect("MQTT is on");
         let shutdown_for_mqtt = shutdown.clone();
         sink_tasks.push(tokio::spawn(async move {
-            crate::sink::mqtt::run(settings, spool, rx, health, Some(link), shutdown_for_mqtt)
-                .await;
+            crate::sink::mqtt::run(settings, spool, rx, health, links, shutdown_for_mqtt).await;
             Ok(())
         }));
     }
@@ -280,6 +288,7 @@ pub async fn run_with(
             commands: cmd_rx,
             command_tx: cmd_tx,
             progress,
+            peers: peer_io,
         },
         rec_tx,
         periodic,
@@ -407,7 +416,15 @@ async fn run_core(
         mut commands,
         command_tx: cmd_tx,
         progress,
+        mut peers,
     } = inputs;
+    let mut share_tick = peers.as_ref().map(|p| {
+        let mut t = tokio::time::interval(p.every);
+        // A core that was busy sends one batch with everything, not a burst of small ones.
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut peer_in = peers.as_mut().and_then(|p| p.inbound.take());
     let mut events = Vec::new();
     let mut source_gone = false;
     'run: loop {
@@ -500,6 +517,24 @@ async fn run_core(
                     }
                 }
             }
+            _ = tick_some(&mut share_tick) => {
+                if let (Some(p), Some(batch)) = (&peers, core.take_shared()) {
+                    // Full: the connection is away, and this batch would be stale by its return.
+                    let _ = p.outbound.try_send(batch);
+                }
+            }
+            batch = crate::sink::mqtt::recv_some(&mut peer_in) => {
+                if let Some(b) = batch {
+                    let mark = if source_gone {
+                        crate::time::Timestamp(u64::MAX)
+                    } else {
+                        *watermark.borrow()
+                    };
+                    for o in &b.obs {
+                        core.handle_peer(&b.hub, o, mark, &mut events);
+                    }
+                }
+            }
             changed = watermark.changed(), if deadline.is_some() && due.is_none() && !source_gone => {
                 // A source that is gone sends nothing more: every deadline may run.
                 source_gone = changed.is_err();
@@ -517,6 +552,16 @@ async fn run_core(
     // for the next start.
     offers.flush();
     save_learned(&mut periodic.learned, &core).await;
+}
+
+/// The next tick of an optional interval; never without one.
+async fn tick_some(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// What the hubs learned before the last stop, given back to `core`; the file to keep it in from
@@ -701,6 +746,7 @@ async fn reload_on_hangup(
                 !mqtt_in_place && new.mqtt != current.mqtt,
             ),
             ("identity", identity_rest(&new) != identity_rest(&current)),
+            ("peers", new.peers != current.peers),
             ("health", new.health != current.health),
             ("log.format", new.log.format != current.log.format),
         ]
@@ -791,6 +837,59 @@ struct Inputs {
     command_tx: mpsc::Sender<CoreCommand>,
     /// Heartbeats for the systemd watchdog and /healthz.
     progress: Arc<crate::health::Progress>,
+    /// Observations shared with peer hubs, when `[peers]` lists any.
+    peers: Option<PeerIo>,
+}
+
+/// The core's side of sharing observations with peer hubs.
+struct PeerIo {
+    /// This hub's batches, to the MQTT connection.
+    outbound: mpsc::Sender<crate::peers::Batch>,
+    /// Peers' batches, from it.
+    inbound: Option<mpsc::Receiver<crate::peers::Batch>>,
+    /// How often a batch goes out, on the wall clock.
+    every: std::time::Duration,
+}
+
+/// Batches for peers waiting for the connection: a second of them; older ones are no use to a peer.
+const PEER_OUT_QUEUE: usize = 4;
+/// Peers' batches waiting for the core.
+const PEER_IN_QUEUE: usize = 64;
+
+/// Sets `core` to share observations with the peers `cfg` lists; the core's and the connection's
+/// ends of the channels between them.
+fn share_with_peers(
+    cfg: &Config,
+    core: &mut Core,
+) -> Option<(PeerIo, crate::sink::mqtt::PeerLink)> {
+    if cfg.peers.hubs.is_empty() || !cfg.mqtt.enabled {
+        return None;
+    }
+    core.share_with(&cfg.hub.hub_id, &cfg.peers.hubs, cfg.peers.max_lag_ms);
+    let (out_tx, out_rx) = mpsc::channel(PEER_OUT_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel(PEER_IN_QUEUE);
+    // The batch interval is pipeline time: a simulated store at --speed N sends N times as often.
+    let speed = match cfg.scan.source {
+        crate::config::SourceKind::Bluez => 1.0,
+        _ if cfg.scan.speed.is_finite() && cfg.scan.speed > 0.0 => cfg.scan.speed,
+        _ => 1.0,
+    };
+    let every = std::time::Duration::from_secs_f64(
+        (cfg.peers.batch_interval_ms as f64 / 1000.0 / speed).max(0.005),
+    );
+    tracing::info!(peers = %cfg.peers.hubs.join(", "), "sharing observations of known devices with peer hubs");
+    Some((
+        PeerIo {
+            outbound: out_tx,
+            inbound: Some(in_rx),
+            every,
+        },
+        crate::sink::mqtt::PeerLink {
+            peers: cfg.peers.hubs.clone(),
+            outbound: out_rx,
+            inbound: in_tx,
+        },
+    ))
 }
 
 /// The periodic `stats` and `beacons` records, and saving what the hubs learned, on pipeline time.

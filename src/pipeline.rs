@@ -214,6 +214,11 @@ impl Core {
         });
     }
 
+    /// Whether it shares observations with peers.
+    pub fn shares(&self) -> bool {
+        self.sharing.is_some()
+    }
+
     /// Stops sharing: every zone is reported again.
     pub fn stop_sharing(&mut self) {
         self.sharing = None;

@@ -36,6 +36,36 @@ fn check(v: &jsonschema::Validator, payload: &[u8], what: &str) {
 }
 
 #[test]
+fn observations_shared_with_peers_match_their_schema() {
+    use beacond::peers::{Outbox, Who};
+    use beacond::time::Timestamp;
+    let doc = asyncapi();
+    let v = validator(&doc, "observations");
+    let mut o = Outbox::new("hub-a");
+    o.push(
+        Timestamp(1_800_000_000_000),
+        Who::CustomerId("c-1".into()),
+        -61,
+        Some(-59),
+    );
+    o.push(
+        Timestamp(1_800_000_000_100),
+        Who::TagId("trolley-7".into()),
+        -80,
+        None,
+    );
+    let batch = o.take().unwrap().encode();
+    check(&v, &batch, "observations");
+    // Neither a customer nor a tag, or both: not a shape a hub sends or takes.
+    let mut bad: Value = serde_json::from_slice(&batch).unwrap();
+    bad["obs"][0].as_object_mut().unwrap().remove("customer_id");
+    assert!(!v.is_valid(&bad));
+    bad["obs"][0]["customer_id"] = "c-1".into();
+    bad["obs"][0]["tag_id"] = "t".into();
+    assert!(!v.is_valid(&bad));
+}
+
+#[test]
 fn every_produced_payload_matches_the_asyncapi_schemas() {
     let doc = asyncapi();
     assert_eq!(doc["asyncapi"], "3.0.0");
@@ -81,6 +111,20 @@ fn every_produced_payload_matches_the_asyncapi_schemas() {
                 &stats,
                 &settings.message(&with_scan, &mut seq).unwrap().payload,
                 "stats with scan",
+            );
+            let mut with_peers = s.clone();
+            if let beacond::sink::Record::Stats(st) = &mut with_peers {
+                st.peers = Some(beacond::sink::PeerCounters {
+                    shared: 120,
+                    applied: 240,
+                    late: 1,
+                    unknown: 0,
+                });
+            }
+            check(
+                &stats,
+                &settings.message(&with_peers, &mut seq).unwrap().payload,
+                "stats with peers",
             );
             // As the MQTT sink sends it, with its spool and connection counters.
             let enriched = beacond::sink::mqtt::with_sink_counters(

@@ -297,7 +297,14 @@ fn an_opt_out_removes_unsent_events_from_the_spool() {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let (_trigger, shutdown) = beacond::shutdown::channel();
         let health = std::sync::Arc::new(std::sync::Mutex::new(Health::default()));
-        let task = tokio::spawn(run(settings, spool, rx, health, None, shutdown));
+        let task = tokio::spawn(run(
+            settings,
+            spool,
+            rx,
+            health,
+            Default::default(),
+            shutdown,
+        ));
         let (first, second) = records.split_at(records.len() / 2);
         for r in first {
             tx.send(r.clone()).await.unwrap();

@@ -1110,7 +1110,7 @@ _beacond() {
             return 0
             ;;
         beacond__subcmd__simulate)
-            opts="-h -V --json --filter --seed --hours --calibrate --set --per-hub --help --version"
+            opts="-h -V --json --filter --seed --hours --calibrate --set --per-hub --share-lag-ms --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1129,6 +1129,10 @@ _beacond() {
                     return 0
                     ;;
                 --set)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --share-lag-ms)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -17,12 +17,29 @@ pub struct Misaligned {
     pub pkid: u16,
 }
 
+/// One message handed to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handed {
+    /// A spool entry: seq, QoS.
+    Entry(u64, u8),
+    /// A message that is not in the spool (status, sync request, observations for peers), at this
+    /// QoS.
+    Other(u8),
+}
+
+impl Handed {
+    fn qos(self) -> u8 {
+        match self {
+            Handed::Entry(_, q) | Handed::Other(q) => q,
+        }
+    }
+}
+
 /// Messages handed to the MQTT client on this connection and not yet acknowledged.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    /// What was handed to the client, in order: a spool entry (seq, QoS), or `None` for a QoS 1
-    /// message that is not in the spool (status, sync request).
-    handed: VecDeque<Option<(u64, u8)>>,
+    /// What was handed to the client, in order.
+    handed: VecDeque<Handed>,
     /// Sent QoS 1 spool entries by packet id, until their PUBACK.
     unacked: HashMap<u16, u64>,
     /// The next spool seq to hand over.
@@ -63,13 +80,13 @@ impl InFlight {
 
     /// Spool entry `seq`, at QoS `qos`, was handed to the client.
     pub fn handed_entry(&mut self, seq: u64, qos: u8) {
-        self.handed.push_back(Some((seq, qos)));
+        self.handed.push_back(Handed::Entry(seq, qos));
         self.cursor = seq + 1;
     }
 
-    /// A QoS 1 message that is not in the spool was handed to the client.
-    pub fn handed_other(&mut self) {
-        self.handed.push_back(None);
+    /// A message that is not in the spool, at QoS `qos`, was handed to the client.
+    pub fn handed_other(&mut self, qos: u8) {
+        self.handed.push_back(Handed::Other(qos));
     }
 
     /// The client sent the next message with packet id `pkid` (0 for QoS 0). A QoS 0 entry counts
@@ -77,13 +94,13 @@ impl InFlight {
     /// mismatch proves the event is not for the message handed over next.
     pub fn on_outgoing(&mut self, pkid: u16) -> Result<(), Misaligned> {
         let entry = self.handed.front().copied();
-        if matches!(entry, Some(Some((_, 0)))) != (pkid == 0) {
+        if entry.is_some_and(|h| h.qos() == 0) != (pkid == 0) {
             return Err(Misaligned { pkid });
         }
         self.handed.pop_front();
         match entry {
-            Some(Some((seq, 0))) => self.acked.push(seq),
-            Some(Some((seq, _))) => {
+            Some(Handed::Entry(seq, 0)) => self.acked.push(seq),
+            Some(Handed::Entry(seq, _)) => {
                 self.unacked.insert(pkid, seq);
             }
             _ => {}
@@ -121,7 +138,7 @@ mod tests {
     #[test]
     fn each_puback_removes_the_entry_it_was_sent_for() {
         let mut f = InFlight::new();
-        f.handed_other(); // the status
+        f.handed_other(1); // the status
         f.handed_entry(10, 1);
         f.handed_entry(11, 0);
         f.handed_entry(12, 1);
@@ -138,6 +155,26 @@ mod tests {
         f.on_puback(2);
         assert_eq!(f.take_acked(64), Some(vec![11, 12, 10]));
         assert!(f.is_empty());
+    }
+
+    /// Observations for peer hubs go out at QoS 0 beside the spool: they take their place in the
+    /// order without acknowledging an entry, and without being taken for a stray.
+    #[test]
+    fn a_qos_0_message_beside_the_spool_keeps_the_pairing() {
+        let mut f = InFlight::new();
+        f.handed_entry(10, 1);
+        f.handed_other(0);
+        f.handed_entry(11, 1);
+        for pkid in [1, 0, 2] {
+            f.on_outgoing(pkid).unwrap();
+        }
+        f.on_puback(2);
+        f.on_puback(1);
+        assert_eq!(f.take_acked(64), Some(vec![11, 10]));
+        assert!(f.is_empty());
+        // Taken for a QoS 1 message, its packet id 0 gives the mismatch away.
+        f.handed_other(1);
+        assert!(f.on_outgoing(0).is_err());
     }
 
     #[test]
@@ -174,7 +211,7 @@ mod tests {
     #[test]
     fn a_stray_outgoing_event_is_caught_at_the_first_qos_mismatch() {
         let mut f = InFlight::new();
-        f.handed_other(); // the status, QoS 1
+        f.handed_other(1); // the status, QoS 1
         f.handed_entry(1, 1);
         f.handed_entry(2, 0);
         f.handed_entry(3, 1);

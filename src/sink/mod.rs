@@ -121,6 +121,9 @@ pub struct StatsRecord {
     /// Customer sync counters (since start), when the hub syncs customers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<crate::pipeline::SyncReport>,
+    /// Sharing with peer hubs (since start), when `[peers]` lists any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<PeerCounters>,
     /// The scanning source's counters (since start): what it let through and filtered out, and the
     /// BlueZ watchdog's and device cleanup's work.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +132,21 @@ pub struct StatsRecord {
     /// message's contract (docs/asyncapi.yaml) does not change with what the engine learns.
     #[serde(skip)]
     pub exit_margins: Vec<crate::presence::HubExitMargin>,
+}
+
+/// What a hub shared with its peers and took from them, since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerCounters {
+    /// Own observations of known devices sent to peers.
+    pub shared: u64,
+    /// Peers' observations the engine used.
+    pub applied: u64,
+    /// Peers' observations that came too late to use (`[peers] max_lag_ms`): a slow broker, or a
+    /// peer's clock behind this hub's.
+    pub late: u64,
+    /// Peers' observations of customers this hub does not know (its customer list behind the
+    /// peer's).
+    pub unknown: u64,
 }
 
 /// Health of the store's fixed beacons.
@@ -197,6 +215,12 @@ pub fn stats_record(
         app_tokens_resolved: now.app_tokens_resolved - prev.app_tokens_resolved,
         app_tokens_unknown: now.app_tokens_unknown - prev.app_tokens_unknown,
         sync: core.sync_report(),
+        peers: core.shares().then_some(PeerCounters {
+            shared: now.peer_shared,
+            applied: now.peer_applied,
+            late: now.peer_late,
+            unknown: now.peer_unknown,
+        }),
         scan: None,
         exit_margins: core.engine().exit_margins(),
     })

@@ -86,6 +86,10 @@ pub struct Topics {
     pub sync_customers: String,
     /// This hub's requests for missing sync batches.
     pub sync_request: String,
+    /// What this hub hears of known devices, for its peer hubs (`[peers]`).
+    pub observations: String,
+    /// `{prefix}/{store}`: where the store's other hubs publish.
+    store: String,
 }
 
 impl Topics {
@@ -100,7 +104,23 @@ impl Topics {
             stats: format!("{base}/stats"),
             sync_customers: format!("{prefix}/{store}/sync/customers"),
             sync_request: format!("{base}/sync/request"),
+            observations: format!("{base}/observations"),
+            store: format!("{prefix}/{store}"),
         }
+    }
+
+    /// Where peer hub `hub` publishes its observations.
+    pub fn peer_observations(&self, hub: &str) -> String {
+        format!("{}/{hub}/observations", self.store)
+    }
+
+    /// The peer hub whose observations `topic` carries, if it is one of `peers`'.
+    fn observations_peer<'a>(&self, topic: &str, peers: &'a [String]) -> Option<&'a String> {
+        let hub = topic
+            .strip_prefix(self.store.as_str())?
+            .strip_prefix('/')?
+            .strip_suffix("/observations")?;
+        peers.iter().find(|p| *p == hub)
     }
 }
 
@@ -614,6 +634,20 @@ pub struct SyncLink {
     pub requests: mpsc::Receiver<Vec<u8>>,
 }
 
+/// The connection's side of sharing observations with the store's other hubs (`[peers]`): batches
+/// the core collected go out on this hub's observations topic at QoS 0 (not through the spool: an
+/// observation a peer gets late is of no use to it), and peers' batches come in.
+#[derive(Debug)]
+pub struct PeerLink {
+    /// The peer hubs, whose observations topics are subscribed.
+    pub peers: Vec<String>,
+    /// This hub's batches to publish. Not read while disconnected: the core drops what does not
+    /// fit, as it would be too old by the time the broker is back.
+    pub outbound: mpsc::Receiver<crate::peers::Batch>,
+    /// Peers' batches, checked, to the core. Full means the core is behind: the batch is dropped.
+    pub inbound: mpsc::Sender<crate::peers::Batch>,
+}
+
 /// Runs the sink: spools every record from `rx`, and publishes the spool to the broker until shutdown.
 /// With `sync`, it also subscribes to the customer sync topic and carries the sync stage's traffic.
 pub async fn run(
@@ -621,7 +655,7 @@ pub async fn run(
     spool: Spool,
     mut rx: mpsc::Receiver<Record>,
     health: Arc<Mutex<Health>>,
-    sync: Option<SyncLink>,
+    links: Links,
     shutdown: Shutdown,
 ) {
     let spool = Arc::new(tokio::sync::Mutex::new(spool));
@@ -638,7 +672,7 @@ pub async fn run(
             target: target_rx,
         },
         health.clone(),
-        sync,
+        links,
         shutdown,
         finish_rx,
     ));
@@ -858,10 +892,16 @@ async fn connect_loop(
     spool: Arc<tokio::sync::Mutex<Spool>>,
     wakers: Wakers,
     health: Arc<Mutex<Health>>,
-    sync: Option<SyncLink>,
+    links: Links,
     mut shutdown: Shutdown,
     finish: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Links { sync, peers } = links;
+    let (peer_hubs, mut peer_out, peer_in) = match peers {
+        Some(l) => (l.peers, Some(l.outbound), Some(l.inbound)),
+        None => (Vec::new(), None, None),
+    };
+    let mut peer_refused: std::collections::HashMap<String, u64> = Default::default();
     let Wakers {
         spool: wake,
         status: status_changed,
@@ -954,6 +994,11 @@ async fn connect_loop(
                         }
                         let _ = tx.try_send(SyncInput::Connected);
                     }
+                    for peer in &peer_hubs {
+                        if let Err(e) = client.try_subscribe(settings.topics.peer_observations(peer), QoS::AtMostOnce) {
+                            tracing::warn!(error = %e, %peer, "cannot subscribe to a peer hub's observations");
+                        }
+                    }
                     let mut h = health.lock().expect("health lock");
                     if ever_connected {
                         h.reconnects += 1;
@@ -981,7 +1026,12 @@ async fn connect_loop(
                         publish_online(&client, &settings, &mut inflight);
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => forward_sync(sync_in.as_ref(), &settings, &p),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    match settings.topics.observations_peer(&p.topic, &peer_hubs) {
+                        Some(peer) => forward_peer(peer_in.as_ref(), peer, &p.payload, &mut peer_refused),
+                        None => forward_sync(sync_in.as_ref(), &settings, &p),
+                    }
+                }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     inflight.on_puback(ack.pkid);
                 }
@@ -1031,13 +1081,25 @@ async fn connect_loop(
             _ = status_changed.notified(), if connected => {
                 publish_online(&client, &settings, &mut inflight);
             }
+            batch = recv_some(&mut peer_out), if connected => {
+                if let Some(b) = batch {
+                    // QoS 0: a lost batch costs a peer a quarter second of this hub's signal; a
+                    // repeated one would arrive too late to use.
+                    if client
+                        .try_publish(settings.topics.observations.clone(), QoS::AtMostOnce, false, b.encode())
+                        .is_ok()
+                    {
+                        inflight.handed_other(0);
+                    }
+                }
+            }
             req = recv_some(&mut sync_requests), if connected => {
                 if let Some(payload) = req {
                     if client
                         .try_publish(settings.topics.sync_request.clone(), QoS::AtLeastOnce, false, payload)
                         .is_ok()
                     {
-                        inflight.handed_other();
+                        inflight.handed_other(1);
                     }
                 }
             }
@@ -1083,7 +1145,7 @@ fn publish_online(client: &AsyncClient, settings: &Settings, inflight: &mut InFl
         )
         .is_ok()
     {
-        inflight.handed_other();
+        inflight.handed_other(1);
     }
 }
 
@@ -1119,6 +1181,41 @@ fn forward_sync(
     }
 }
 
+/// Hands a peer's batch to the core, once it is checked. A batch that does not belong (another
+/// program on the topic, a newer beacond, a hub with the wrong id) is logged the first time and
+/// every thousandth after, so a misconfigured peer cannot fill the journal.
+fn forward_peer(
+    to: Option<&mpsc::Sender<crate::peers::Batch>>,
+    peer: &str,
+    payload: &[u8],
+    refused: &mut std::collections::HashMap<String, u64>,
+) {
+    let Some(tx) = to else { return };
+    match crate::peers::Batch::decode(payload, peer) {
+        Ok(batch) => {
+            if tx.try_send(batch).is_err() {
+                tracing::debug!(%peer, "the core is behind; dropped a peer's observations");
+            }
+        }
+        Err(e) => {
+            let n = refused.entry(peer.to_owned()).or_default();
+            if *n % 1000 == 0 {
+                tracing::warn!(%peer, error = %e, refused = *n + 1, "refused a peer hub's observations");
+            }
+            *n += 1;
+        }
+    }
+}
+
+/// The channels between the connection and the pipeline's other stages.
+#[derive(Debug, Default)]
+pub struct Links {
+    /// The customer sync, when the hub syncs customers.
+    pub sync: Option<SyncLink>,
+    /// Observations shared with peer hubs, when `[peers]` lists any.
+    pub peers: Option<PeerLink>,
+}
+
 /// What wakes the connection besides the broker.
 struct Wakers {
     /// New messages in the spool.
@@ -1130,7 +1227,7 @@ struct Wakers {
 }
 
 /// The next item of an optional channel; never resolves without one (or once it is closed).
-async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+pub(crate) async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(r) => match r.recv().await {
             Some(v) => Some(v),
@@ -1295,7 +1392,7 @@ mod tests {
         assert!(eventloop.state.events.is_empty());
         // With the stray event gone, the next connection's events pair up as handed over.
         let mut f = InFlight::new();
-        f.handed_other();
+        f.handed_other(1);
         f.handed_entry(0, 1);
         assert!(f.on_outgoing(42).is_ok());
         assert!(f.on_outgoing(43).is_ok());
