@@ -109,6 +109,8 @@ pub struct Snapshot {
     pub customers: Option<u64>,
     /// The scan source's counters.
     pub scan: Option<crate::scan::bluez::tracker::ScanCounters>,
+    /// Sharing with peer hubs, when `[peers]` lists any.
+    pub peers: Option<crate::sink::PeerCounters>,
     /// Offers fired since start.
     pub offers_total: u64,
     /// Per hub with zones: the exit margin its visits use, and whether it is learned yet.
@@ -193,6 +195,7 @@ impl Health {
                     s.customers = Some(sync.customers);
                 }
                 s.scan = st.scan;
+                s.peers = st.peers;
                 s.exit_margins = st.exit_margins.clone();
             }
             Record::Headcount(h) => {
@@ -380,6 +383,23 @@ impl Health {
                 "bluez_devices_removed",
                 "Quiet device objects removed from BlueZ",
                 sc.devices_removed,
+            );
+        }
+        if let Some(p) = &s.peers {
+            let obs = Family::<Vec<(String, String)>, Counter>::default();
+            for (outcome, n) in [
+                ("shared", p.shared),
+                ("applied", p.applied),
+                ("late", p.late),
+                ("unknown", p.unknown),
+            ] {
+                obs.get_or_create(&vec![("outcome".into(), outcome.into())])
+                    .inc_by(n);
+            }
+            reg.register(
+                "peer_observations",
+                "Observations shared with peer hubs, and peers' observations by what became of them",
+                obs,
             );
         }
         if let Some(m) = &s.mqtt {
@@ -649,6 +669,23 @@ mod tests {
         assert!(m.contains("beacond_zone_headcount{zone=\"wine\"} 3"), "{m}");
         assert!(m.contains("beacond_healthy 1"), "{m}");
         assert!(m.ends_with("# EOF\n"));
+        // Sharing with peers shows only when the hub shares.
+        assert!(!m.contains("peer_observations"), "{m}");
+        h.snapshot.lock().unwrap().peers = Some(crate::sink::PeerCounters {
+            shared: 10,
+            applied: 20,
+            late: 2,
+            unknown: 1,
+        });
+        let m = h.metrics(Timestamp::now());
+        for line in [
+            "beacond_peer_observations_total{outcome=\"shared\"} 10",
+            "beacond_peer_observations_total{outcome=\"applied\"} 20",
+            "beacond_peer_observations_total{outcome=\"late\"} 2",
+            "beacond_peer_observations_total{outcome=\"unknown\"} 1",
+        ] {
+            assert!(m.contains(line), "{m}");
+        }
     }
 
     #[test]

@@ -1425,6 +1425,12 @@ fn status(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         if !v["sync_seq"].is_null() {
             println!("customers {} (sync seq {})", v["customers"], v["sync_seq"]);
         }
+        if let Some(p) = v["peers"].as_object() {
+            println!(
+                "peers: {} observations shared, {} of peers' used, {} too late, {} of unknown customers",
+                p["shared"], p["applied"], p["late"], p["unknown"]
+            );
+        }
         if let Some(sc) = v["scan"].as_object() {
             println!(
                 "scan: {} watchdog restarts, {} power cycles, {} BlueZ devices removed",

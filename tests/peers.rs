@@ -13,7 +13,13 @@ const HUBS: [&str; 3] = ["window", "rails", "fitting"];
 
 /// Hub `hub`'s config: the boutique's three zones, hearing only its own radio, sharing with the
 /// other two hubs when `share`.
-fn config(dir: &Path, url: &str, hub: &str, share: bool) -> std::path::PathBuf {
+fn config(
+    dir: &Path,
+    url: &str,
+    hub: &str,
+    share: bool,
+    health: Option<u16>,
+) -> std::path::PathBuf {
     let peers: Vec<String> = HUBS
         .iter()
         .filter(|h| **h != hub)
@@ -32,6 +38,9 @@ fn config(dir: &Path, url: &str, hub: &str, share: bool) -> std::path::PathBuf {
             "[peers]\nhubs = [{}]\nmax_lag_ms = 5000\n",
             peers.join(", ")
         ));
+    }
+    if let Some(port) = health {
+        text.push_str(&format!("[health]\nlisten = \"127.0.0.1:{port}\"\n"));
     }
     for z in HUBS {
         text.push_str(&format!(
@@ -62,10 +71,13 @@ fn hubs_that_share_observations_hand_customers_over_and_report_only_their_own_zo
     let dir = tempfile::tempdir().unwrap();
     let broker = common::Broker::start(dir.path());
     let sub = common::Subscriber::start(broker.port, "platform", "beacond/s/#", true);
+    // The rails hub serves `beacond status`.
+    let health = common::free_port();
     let mut daemons: Vec<_> = HUBS
         .iter()
         .map(|h| {
-            let cfg = config(dir.path(), &broker.url(), h, true);
+            let port = (*h == "rails").then_some(health);
+            let cfg = config(dir.path(), &broker.url(), h, true, port);
             let log = dir.path().join(format!("{h}.log"));
             (common::start_daemon_logging(&cfg, Some(&log)), log)
         })
@@ -96,6 +108,24 @@ fn hubs_that_share_observations_hand_customers_over_and_report_only_their_own_zo
             .count()
             >= 3
     });
+    // What a field engineer sees on the hub.
+    let status = std::process::Command::new(assert_cmd::cargo::cargo_bin("beacond"))
+        .args(["status", "--config"])
+        .arg(dir.path().join("rails.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("peers: "))
+        .unwrap_or_else(|| panic!("no peers line in:\n{text}"));
+    let used: u64 = line
+        .split(", ")
+        .nth(1)
+        .and_then(|p| p.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(used > 0, "{line}");
     for (c, _) in &mut daemons {
         common::signal(c, "-TERM");
         assert!(c.wait().unwrap().success());
