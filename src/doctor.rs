@@ -146,6 +146,7 @@ pub async fn check(cfg: &Config, path: &Path) -> Vec<Finding> {
             Ok(probed) => {
                 out.push(Finding::new("mqtt", Status::Ok, probed.how));
                 out.push(hub_id(cfg, running, probed.retained_status.as_ref()));
+                out.extend(peers(&probed.peer_statuses));
             }
             Err(why) => out.push(Finding::new("mqtt", Status::Fail, why)),
         }
@@ -478,6 +479,44 @@ fn hub_id(cfg: &Config, running: bool, status: Option<&serde_json::Value>) -> Fi
             ),
         ),
     }
+}
+
+/// Whether the `[peers]` hubs are on the broker: a peer that never published there is usually a
+/// misspelt `hub_id` (or another `store_id`), and sharing with it silently does nothing.
+fn peers(statuses: &[(String, Option<serde_json::Value>)]) -> Option<Finding> {
+    if statuses.is_empty() {
+        return None;
+    }
+    let mut online = Vec::new();
+    let mut problems = Vec::new();
+    for (hub, status) in statuses {
+        match status.as_ref().map(|v| v["state"].as_str()) {
+            Some(Some("online")) => online.push(hub.as_str()),
+            Some(state) => problems.push(format!(
+                "{hub} last said {} ({}): its zones are decided on this hub's signal alone until it is back",
+                state.unwrap_or("?"),
+                status.as_ref().and_then(|v| v["reason"].as_str()).unwrap_or("no reason given")
+            )),
+            None => problems.push(format!(
+                "{hub} has never published on this broker: check the name against that hub's [hub] \
+                 hub_id and store_id"
+            )),
+        }
+    }
+    let online = if online.is_empty() {
+        String::new()
+    } else {
+        format!("online: {}", online.join(", "))
+    };
+    Some(if problems.is_empty() {
+        Finding::new("peers", Status::Ok, online)
+    } else {
+        let mut detail = problems.join("; ");
+        if !online.is_empty() {
+            detail = format!("{detail}; {online}");
+        }
+        Finding::new("peers", Status::Warn, detail)
+    })
 }
 
 /// The TLS certificates' dates: the one that expires first, a month ahead; and, when the

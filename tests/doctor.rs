@@ -260,6 +260,28 @@ fn running_next_to_the_daemon_disturbs_nothing() {
         "{detail}"
     );
     assert_eq!(code, 0, "a warning, not a failure: {checks:#?}");
+    // A neighbouring hub sharing with h1 and with a misspelt peer: doctor names the one the broker
+    // has never heard of.
+    let neighbour = dir.path().join("neighbour");
+    std::fs::create_dir(&neighbour).unwrap();
+    let h2 = neighbour.join("beacond.toml");
+    std::fs::write(
+        &h2,
+        std::fs::read_to_string(config(&neighbour, &broker, &neighbour.join("data"), ""))
+            .unwrap()
+            .replace("hub_id = \"h1\"", "hub_id = \"h2\"")
+            + "[peers]\nhubs = [\"h1\", \"hub-1\"]\n",
+    )
+    .unwrap();
+    let (code, checks) = doctor(&h2, &bus, &creds);
+    let (status, detail) = finding(&checks, "peers");
+    assert_eq!(status, "warn", "{checks:#?}");
+    assert_eq!(
+        detail,
+        "hub-1 has never published on this broker: check the name against that hub's [hub] \
+         hub_id and store_id; online: h1"
+    );
+    assert_eq!(code, 0, "a warning, not a failure: {checks:#?}");
     // Give a Last Will or a taken-over session time to show.
     std::thread::sleep(Duration::from_secs(2));
     let states: Vec<Value> = sub

@@ -377,37 +377,57 @@ pub async fn probe(cfg: &Config, timeout: Duration) -> Result<Probed, String> {
         )),
     };
     let how = result?;
-    let status_topic =
-        Topics::new(&cfg.mqtt.topic_prefix, &cfg.hub.store_id, &cfg.hub.hub_id).status;
-    let mut retained_status = None;
-    if client
-        .try_subscribe(status_topic.clone(), QoS::AtLeastOnce)
-        .is_ok()
-    {
-        // The retained message follows the SUBACK at once; an ACL that refuses the subscription
-        // or a topic nobody has used yet gives nothing, and the wait ends.
-        let read = async {
-            let mut acked = false;
-            loop {
-                let wait = if acked { STATUS_WAIT } else { timeout };
-                match tokio::time::timeout(wait, eventloop.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => acked = true,
-                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == status_topic => {
-                        return serde_json::from_slice::<Value>(&p.payload).ok();
+    // This hub's status, and its peers': (hub, topic).
+    let hubs: Vec<(String, String)> = std::iter::once(&cfg.hub.hub_id)
+        .chain(&cfg.peers.hubs)
+        .map(|h| {
+            let t = Topics::new(&cfg.mqtt.topic_prefix, &cfg.hub.store_id, h).status;
+            (h.clone(), t)
+        })
+        .collect();
+    let mut statuses: std::collections::HashMap<String, Value> = Default::default();
+    let subscribed = hubs
+        .iter()
+        .filter(|(_, t)| client.try_subscribe(t.clone(), QoS::AtLeastOnce).is_ok())
+        .count();
+    // A retained message follows its SUBACK at once; an ACL that refuses the subscription or a
+    // topic nobody has used yet gives nothing, and the wait ends.
+    if subscribed > 0 {
+        let mut acked = 0;
+        loop {
+            let wait = if acked >= subscribed {
+                STATUS_WAIT
+            } else {
+                timeout
+            };
+            match tokio::time::timeout(wait, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => acked += 1,
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    if let Some((hub, _)) = hubs.iter().find(|(_, t)| *t == p.topic) {
+                        if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                            statuses.insert(hub.clone(), v);
+                        }
                     }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) | Err(_) => return None,
                 }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
             }
-        };
-        retained_status = read.await;
+        }
     }
+    let retained_status = statuses.remove(&cfg.hub.hub_id);
+    let peer_statuses = cfg
+        .peers
+        .hubs
+        .iter()
+        .map(|h| (h.clone(), statuses.remove(h)))
+        .collect();
     // A clean goodbye, so the broker does not log a dropped client; best effort.
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
     Ok(Probed {
         how,
         retained_status,
+        peer_statuses,
     })
 }
 
@@ -421,6 +441,8 @@ pub struct Probed {
     pub how: String,
     /// The hub's retained status on the broker, if there is one.
     pub retained_status: Option<Value>,
+    /// Each `[peers]` hub's retained status, if it has one.
+    pub peer_statuses: Vec<(String, Option<Value>)>,
 }
 
 impl Settings {
