@@ -169,8 +169,9 @@ struct Lane {
     core: Core,
     /// The source hub it hears; `None`: every hub.
     hears: Option<u16>,
-    /// Peers' observations on their way: when each arrives, from which hub.
-    inbound: std::collections::VecDeque<(u64, String, crate::peers::Shared)>,
+    /// Peers' batches on their way, with when they arrive. A lane's outbox is taken after every
+    /// advert, so a batch holds one observation, and the queue is in order of arrival.
+    inbound: std::collections::VecDeque<(u64, std::sync::Arc<crate::peers::Batch>)>,
     /// The scenario's index of each of its engine's zones.
     zones: Vec<u16>,
     events: Vec<Event>,
@@ -243,13 +244,11 @@ impl Scorer {
     /// hub's daemon does on its own clock.
     fn advert(&mut self, a: &crate::scan::Advert) {
         for lane in &mut self.lanes {
-            while lane
-                .inbound
-                .front()
-                .is_some_and(|(due, _, _)| *due <= a.at.0)
-            {
-                let (_, hub, obs) = lane.inbound.pop_front().expect("checked");
-                lane.core.handle_peer(&hub, &obs, a.at, &mut lane.events);
+            while lane.inbound.front().is_some_and(|(due, _)| *due <= a.at.0) {
+                let (_, batch) = lane.inbound.pop_front().expect("checked");
+                for o in &batch.obs {
+                    lane.core.handle_peer(&batch.hub, o, a.at, &mut lane.events);
+                }
             }
             match lane.hears {
                 Some(h) if h != a.hub => {
@@ -267,12 +266,11 @@ impl Scorer {
             let Some(batch) = self.lanes[i].core.take_shared() else {
                 continue;
             };
+            let due = batch.obs[0].t + lag;
+            let batch = std::sync::Arc::new(batch);
             for (j, lane) in self.lanes.iter_mut().enumerate() {
                 if j != i {
-                    for o in &batch.obs {
-                        lane.inbound
-                            .push_back((o.t + lag, batch.hub.clone(), o.clone()));
-                    }
+                    lane.inbound.push_back((due, batch.clone()));
                 }
             }
         }

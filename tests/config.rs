@@ -198,6 +198,9 @@ fn a_zone_this_hub_cannot_hear_is_a_warning_naming_its_line() {
         .arg(&shared)
         .assert()
         .success()
+        .stdout(predicate::str::contains(
+            "\npeers: hub-deli (observations shared every 250 ms, used up to 2000 ms old)\n",
+        ))
         .stdout(predicate::str::contains("warning").not());
     // The example config, whose zones inherit the hub, has none.
     beacond()

@@ -784,6 +784,14 @@ impl Config {
         } else {
             s.push_str("\nmqtt: disabled");
         }
+        if !self.peers.hubs.is_empty() {
+            s.push_str(&format!(
+                "\npeers: {} (observations shared every {} ms, used up to {} ms old)",
+                self.peers.hubs.join(", "),
+                self.peers.batch_interval_ms,
+                self.peers.max_lag_ms
+            ));
+        }
         s
     }
 }
