@@ -159,6 +159,13 @@ impl Outbox {
         })
     }
 
+    /// Drops what waits about customer `id`: they opted out, and nothing more about them may
+    /// leave the hub.
+    pub fn forget_customer(&mut self, id: &str) {
+        self.obs
+            .retain(|o| !matches!(&o.who, Who::CustomerId(c) if c == id));
+    }
+
     /// Observations dropped because no batch was taken in time.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -218,6 +225,20 @@ mod tests {
         o.push(Timestamp(1), Who::CustomerId("c".into()), -70, None);
         assert_eq!(o.take().unwrap().obs.len(), 1);
         assert!(o.take().is_none());
+    }
+
+    #[test]
+    fn a_customer_who_opts_out_is_not_sent() {
+        let mut o = Outbox::new("hub-a");
+        o.push(Timestamp(1), Who::CustomerId("c-1".into()), -70, None);
+        o.push(Timestamp(2), Who::CustomerId("c-2".into()), -70, None);
+        o.push(Timestamp(3), Who::TagId("c-1".into()), -70, None);
+        o.forget_customer("c-1");
+        let left: Vec<Who> = o.take().unwrap().obs.into_iter().map(|s| s.who).collect();
+        assert_eq!(
+            left,
+            [Who::CustomerId("c-2".into()), Who::TagId("c-1".into())]
+        );
     }
 
     #[test]

@@ -487,6 +487,9 @@ impl Core {
         if let Some(key) = self.directory.remove(id) {
             self.engine.forget(&Identity::Customer(key));
         }
+        if let Some(s) = &mut self.sharing {
+            s.outbox.forget_customer(id);
+        }
     }
 
     /// Token tables to build for the epoch of `now`, each asked for once. Run them anywhere (they
@@ -892,6 +895,22 @@ mod sharing_tests {
         assert_eq!(core.engine().now(), mark);
         let s = core.stats();
         assert_eq!((s.peer_late, s.peer_unknown, s.peer_applied), (1, 1, 2));
+    }
+
+    #[test]
+    fn a_customer_who_opts_out_is_neither_sent_nor_taken_from_peers() {
+        let mut core = core();
+        let mut out = Vec::new();
+        core.handle_advert(&advert(0, 0, -60, FOB), &mut out);
+        core.apply_change(DirectoryChange::Delete(vec!["c-1".into()]));
+        assert!(core.take_shared().is_none());
+        // A peer that has not applied the deletion yet still sends them: this hub does not know
+        // them any more.
+        let mark = Timestamp(T0 + 100);
+        assert_eq!(
+            core.handle_peer("b", &peer(50, -60), mark, &mut out),
+            Applied::Unknown
+        );
     }
 
     #[test]
