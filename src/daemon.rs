@@ -240,6 +240,8 @@ pub async fn run_with(
                 }
             }
             sim.push_back(first_live);
+            // What the warm stretch heard is history to a peer: only live observations are sent.
+            let _ = core.take_shared();
             Opened::Sim(sim)
         }
         other => other,
