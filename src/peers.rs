@@ -185,6 +185,81 @@ pub enum Applied {
     NotAPeer,
 }
 
+/// How long after connecting a peer with no retained status is named as unknown to the broker: its
+/// status, if it has one, arrives with the subscription's acknowledgement.
+pub const UNKNOWN_AFTER_MS: u64 = 30_000;
+
+/// What the peers' retained statuses say, so a hub can tell store IT and the platform when a peer
+/// it shares with is away (its customers are then decided on this hub's signal alone). Sans-IO:
+/// fed the statuses and the time, asked for the notice.
+#[derive(Clone, Debug)]
+pub struct PeerWatch {
+    peers: Vec<(String, Option<(bool, String)>)>,
+    connected_at: Option<Timestamp>,
+}
+
+impl PeerWatch {
+    /// Watching `peers`, none heard from yet.
+    pub fn new(peers: &[String]) -> PeerWatch {
+        PeerWatch {
+            peers: peers.iter().map(|p| (p.clone(), None)).collect(),
+            connected_at: None,
+        }
+    }
+
+    /// Connected to the broker at `now`: the retained statuses come again.
+    pub fn connected(&mut self, now: Timestamp) {
+        self.connected_at = Some(now);
+    }
+
+    /// Peer `hub`'s status payload arrived.
+    pub fn on_status(&mut self, hub: &str, payload: &[u8]) {
+        let Some((_, state)) = self.peers.iter_mut().find(|(p, _)| p == hub) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return;
+        };
+        let online = v["state"] == "online";
+        let reason = v["reason"].as_str().unwrap_or("no reason given").to_owned();
+        *state = Some((online, reason));
+    }
+
+    /// What is wrong with the peers at `now`, for the hub's status; `None` when every peer is
+    /// online (or it is too soon after connecting to say).
+    pub fn notice(&self, now: Timestamp) -> Option<String> {
+        let settled = self
+            .connected_at
+            .is_some_and(|c| now.since(c) >= UNKNOWN_AFTER_MS);
+        let mut away = Vec::new();
+        let mut unknown = Vec::new();
+        for (hub, state) in &self.peers {
+            match state {
+                Some((true, _)) => {}
+                Some((false, reason)) => away.push(format!("{hub} ({reason})")),
+                None if settled => unknown.push(hub.as_str()),
+                None => {}
+            }
+        }
+        let mut parts = Vec::new();
+        if !away.is_empty() {
+            parts.push(format!(
+                "peer hub(s) offline: {}; customers near them are decided on this hub's signal \
+                 alone until they are back",
+                away.join(", ")
+            ));
+        }
+        if !unknown.is_empty() {
+            parts.push(format!(
+                "peer hub(s) {} never published on this broker: check [peers] hubs against \
+                 their [hub] hub_id and store_id",
+                unknown.join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +314,37 @@ mod tests {
             left,
             [Who::CustomerId("c-2".into()), Who::TagId("c-1".into())]
         );
+    }
+
+    #[test]
+    fn the_watch_names_peers_that_are_away_or_unknown() {
+        let peers = ["hub-b".to_string(), "hub-c".to_string()];
+        let mut w = PeerWatch::new(&peers);
+        let t = Timestamp(1_000_000);
+        assert_eq!(w.notice(t), None, "not connected yet");
+        w.connected(t);
+        w.on_status("hub-b", br#"{"state":"online"}"#);
+        assert_eq!(w.notice(Timestamp(t.0 + UNKNOWN_AFTER_MS - 1)), None);
+        assert_eq!(
+            w.notice(Timestamp(t.0 + UNKNOWN_AFTER_MS)).unwrap(),
+            "peer hub(s) hub-c never published on this broker: check [peers] hubs against their \
+             [hub] hub_id and store_id"
+        );
+        w.on_status("hub-c", br#"{"state":"online"}"#);
+        w.on_status(
+            "hub-b",
+            br#"{"state":"offline","reason":"connection lost"}"#,
+        );
+        // Not a peer, or not a status: ignored.
+        w.on_status("hub-x", br#"{"state":"offline"}"#);
+        w.on_status("hub-c", b"garbage");
+        assert_eq!(
+            w.notice(Timestamp(t.0 + UNKNOWN_AFTER_MS)).unwrap(),
+            "peer hub(s) offline: hub-b (connection lost); customers near them are decided on \
+             this hub's signal alone until they are back"
+        );
+        w.on_status("hub-b", br#"{"state":"online"}"#);
+        assert_eq!(w.notice(Timestamp(t.0 + UNKNOWN_AFTER_MS)), None);
     }
 
     #[test]

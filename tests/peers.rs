@@ -126,7 +126,26 @@ fn hubs_that_share_observations_hand_customers_over_and_report_only_their_own_zo
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!(used > 0, "{line}");
-    for (c, _) in &mut daemons {
+    // A peer that stops: the others say so in their retained status until it is back.
+    let (fitting, _) = &mut daemons[2];
+    common::signal(fitting, "-TERM");
+    assert!(fitting.wait().unwrap().success());
+    let warns_of_fitting = |m: &(String, Value, bool)| {
+        m.0 == "beacond/s/hub-window/status"
+            && m.1["warnings"].as_array().is_some_and(|w| {
+                w.iter().any(|w| {
+                    w.as_str().unwrap_or("").starts_with(
+                        "peer hub(s) offline: hub-fitting (shutdown); customers near them",
+                    )
+                })
+            })
+    };
+    sub.wait_for(
+        "hub-window's status naming hub-fitting",
+        Duration::from_secs(20),
+        |m| m.iter().any(warns_of_fitting),
+    );
+    for (c, _) in &mut daemons[..2] {
         common::signal(c, "-TERM");
         assert!(c.wait().unwrap().success());
     }

@@ -109,6 +109,20 @@ impl Topics {
         }
     }
 
+    /// Peer hub `hub`'s retained status.
+    pub fn peer_status(&self, hub: &str) -> String {
+        format!("{}/{hub}/status", self.store)
+    }
+
+    /// The peer hub whose status `topic` is, if it is one of `peers`'.
+    fn status_peer<'a>(&self, topic: &str, peers: &'a [String]) -> Option<&'a String> {
+        let hub = topic
+            .strip_prefix(self.store.as_str())?
+            .strip_prefix('/')?
+            .strip_suffix("/status")?;
+        peers.iter().find(|p| *p == hub)
+    }
+
     /// Where peer hub `hub` publishes its observations.
     pub fn peer_observations(&self, hub: &str) -> String {
         format!("{}/{hub}/observations", self.store)
@@ -165,6 +179,8 @@ const SPOOL_NOTICE: &str = "spool_disk";
 const CERT_NOTICE: &str = "certificate";
 /// The key of the notice about another daemon publishing as this hub.
 const TWIN_NOTICE: &str = "duplicate_hub";
+/// The status notice about peer hubs that are away.
+const PEERS_NOTICE: &str = "peers";
 /// How often the loaded certificates' dates are judged again: they do not change, the calendar
 /// does.
 const CERT_CHECK: Duration = Duration::from_secs(6 * 3600);
@@ -924,6 +940,8 @@ async fn connect_loop(
         None => (Vec::new(), None, None),
     };
     let mut peer_refused: std::collections::HashMap<String, u64> = Default::default();
+    let mut peer_watch = crate::peers::PeerWatch::new(&peer_hubs);
+    let mut peer_notice: Option<String> = None;
     let Wakers {
         spool: wake,
         status: status_changed,
@@ -947,6 +965,20 @@ async fn connect_loop(
             on_twin(gone, &settings, &health);
             if connected {
                 publish_online(&client, &settings, &mut inflight);
+            }
+        }
+        if !peer_hubs.is_empty() {
+            let now = peer_watch.notice(Timestamp::now());
+            if now != peer_notice {
+                match &now {
+                    Some(text) => tracing::warn!("{text}"),
+                    None => tracing::info!("every peer hub is online"),
+                }
+                settings.set_notice(PEERS_NOTICE, now.clone());
+                peer_notice = now;
+                if connected {
+                    publish_online(&client, &settings, &mut inflight);
+                }
             }
         }
         if let Some(acked) = inflight.take_acked(WINDOW) {
@@ -1020,7 +1052,11 @@ async fn connect_loop(
                         if let Err(e) = client.try_subscribe(settings.topics.peer_observations(peer), QoS::AtMostOnce) {
                             tracing::warn!(error = %e, %peer, "cannot subscribe to a peer hub's observations");
                         }
+                        if let Err(e) = client.try_subscribe(settings.topics.peer_status(peer), QoS::AtLeastOnce) {
+                            tracing::warn!(error = %e, %peer, "cannot subscribe to a peer hub's status");
+                        }
                     }
+                    peer_watch.connected(Timestamp::now());
                     let mut h = health.lock().expect("health lock");
                     if ever_connected {
                         h.reconnects += 1;
@@ -1049,9 +1085,12 @@ async fn connect_loop(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    match settings.topics.observations_peer(&p.topic, &peer_hubs) {
-                        Some(peer) => forward_peer(peer_in.as_ref(), peer, &p.payload, &mut peer_refused),
-                        None => forward_sync(sync_in.as_ref(), &settings, &p),
+                    if let Some(peer) = settings.topics.observations_peer(&p.topic, &peer_hubs) {
+                        forward_peer(peer_in.as_ref(), peer, &p.payload, &mut peer_refused);
+                    } else if let Some(peer) = settings.topics.status_peer(&p.topic, &peer_hubs) {
+                        peer_watch.on_status(peer, &p.payload);
+                    } else {
+                        forward_sync(sync_in.as_ref(), &settings, &p);
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
