@@ -240,8 +240,8 @@ enum Command {
     },
     /// Check this hub before (or while) the daemon runs: the config, the data directory, the health
     /// endpoint, Bluetooth, the MQTT broker (a real login), whether another hub is online under
-    /// this hub's id, the TLS certificates' dates, customer sync and the clock, each with what to
-    /// do when it is wrong.
+    /// this hub's id, whether the `[peers]` hubs are online there, the TLS certificates' dates,
+    /// customer sync and the clock, each with what to do when it is wrong.
     ///
     /// Changes nothing: no adapter is powered on, no store is created, and the broker login uses
     /// its own client id, so it is safe next to a running daemon. On a hub:
