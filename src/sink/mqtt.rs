@@ -114,26 +114,18 @@ impl Topics {
         format!("{}/{hub}/status", self.store)
     }
 
-    /// The peer hub whose status `topic` is, if it is one of `peers`'.
-    fn status_peer<'a>(&self, topic: &str, peers: &'a [String]) -> Option<&'a String> {
-        let hub = topic
-            .strip_prefix(self.store.as_str())?
-            .strip_prefix('/')?
-            .strip_suffix("/status")?;
-        peers.iter().find(|p| *p == hub)
-    }
-
     /// Where peer hub `hub` publishes its observations.
     pub fn peer_observations(&self, hub: &str) -> String {
         format!("{}/{hub}/observations", self.store)
     }
 
-    /// The peer hub whose observations `topic` carries, if it is one of `peers`'.
-    fn observations_peer<'a>(&self, topic: &str, peers: &'a [String]) -> Option<&'a String> {
+    /// The one of `peers` whose `leaf` topic (`status`, `observations`) `topic` is.
+    fn peer_of<'a>(&self, topic: &str, leaf: &str, peers: &'a [String]) -> Option<&'a String> {
         let hub = topic
             .strip_prefix(self.store.as_str())?
             .strip_prefix('/')?
-            .strip_suffix("/observations")?;
+            .strip_suffix(leaf)?
+            .strip_suffix('/')?;
         peers.iter().find(|p| *p == hub)
     }
 }
@@ -1085,9 +1077,9 @@ async fn connect_loop(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(peer) = settings.topics.observations_peer(&p.topic, &peer_hubs) {
+                    if let Some(peer) = settings.topics.peer_of(&p.topic, "observations", &peer_hubs) {
                         forward_peer(peer_in.as_ref(), peer, &p.payload, &mut peer_refused);
-                    } else if let Some(peer) = settings.topics.status_peer(&p.topic, &peer_hubs) {
+                    } else if let Some(peer) = settings.topics.peer_of(&p.topic, "status", &peer_hubs) {
                         peer_watch.on_status(peer, &p.payload);
                     } else {
                         forward_sync(sync_in.as_ref(), &settings, &p);
@@ -1350,6 +1342,33 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_topics_are_told_apart_from_everything_else() {
+        let t = Topics::new("beacond", "s", "hub-a");
+        let peers = ["hub-b".to_string()];
+        assert_eq!(t.peer_status("hub-b"), "beacond/s/hub-b/status");
+        assert_eq!(t.peer_observations("hub-b"), "beacond/s/hub-b/observations");
+        assert_eq!(
+            t.peer_of("beacond/s/hub-b/status", "status", &peers),
+            Some(&peers[0])
+        );
+        assert_eq!(
+            t.peer_of("beacond/s/hub-b/observations", "observations", &peers),
+            Some(&peers[0])
+        );
+        for (topic, leaf) in [
+            ("beacond/s/hub-b/observations", "status"),
+            ("beacond/s/hub-c/status", "status"),
+            ("beacond/s/hub-a/status", "status"),
+            ("beacond/s2/hub-b/status", "status"),
+            ("beacond/s/x/hub-b/status", "status"),
+            ("beacond/s/hub-bstatus", "status"),
+            ("beacond/s/sync/customers", "status"),
+        ] {
+            assert_eq!(t.peer_of(topic, leaf, &peers), None, "{topic}");
+        }
+    }
 
     /// Each topic counts on its own from 0, so a QoS 0 stats message lost on the way leaves no gap
     /// on another topic; a new run is a new stream.
