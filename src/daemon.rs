@@ -427,6 +427,7 @@ async fn run_core(
         t
     });
     let mut peer_in = peers.as_mut().and_then(|p| p.inbound.take());
+    let mut lateness: Option<String> = None;
     let mut events = Vec::new();
     let mut source_gone = false;
     'run: loop {
@@ -508,6 +509,19 @@ async fn run_core(
                         // A periodic tick (stats, a minute by default) bounds how much entry
                         // history a crash or a power cut can take.
                         offers.flush();
+                        // And says when a peer's observations keep coming too late to use.
+                        let now = core.peer_lateness();
+                        if now != lateness {
+                            match &now {
+                                Some(text) => tracing::warn!("{text}"),
+                                None => tracing::info!("peers' observations arrive in time again"),
+                            }
+                            lateness = now.clone();
+                            let notice = Record::Notice { key: PEER_LATENESS_NOTICE.into(), message: now };
+                            if tx.send(notice).await.is_err() {
+                                break 'run;
+                            }
+                        }
                     }
                     for r in records {
                         if tx.send(r).await.is_err() {
@@ -852,6 +866,9 @@ struct PeerIo {
     /// How often a batch goes out, on the wall clock.
     every: std::time::Duration,
 }
+
+/// The status notice about peers whose observations come too late to use.
+const PEER_LATENESS_NOTICE: &str = "peer_lateness";
 
 /// Batches for peers waiting for the connection: a second of them; older ones are no use to a peer.
 const PEER_OUT_QUEUE: usize = 4;

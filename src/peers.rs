@@ -185,6 +185,56 @@ pub enum Applied {
     NotAPeer,
 }
 
+/// How long a peer's observations are judged together for lateness, ms of this hub's time.
+pub const LATENESS_WINDOW_MS: u64 = 60_000;
+
+/// How late one peer's observations arrive, by this hub's clock: a peer whose clock is behind
+/// (no NTP) or a slow broker makes most of them too late to use, which the `late` counter shows
+/// only in sum. Judged over windows of [`LATENESS_WINDOW_MS`].
+#[derive(Clone, Debug, Default)]
+pub struct Lateness {
+    window_start: Option<Timestamp>,
+    seen: u64,
+    late: u64,
+    least_delay_ms: Option<i64>,
+    /// The last whole window: observations, of which late, and the least delay.
+    last: Option<(u64, u64, i64)>,
+}
+
+impl Lateness {
+    /// An observation heard at `t` by the peer's clock arrived at `mark` by this hub's; `late`:
+    /// too old to use.
+    pub fn note(&mut self, t: u64, mark: Timestamp, late: bool) {
+        let start = *self.window_start.get_or_insert(mark);
+        let delay = mark.0 as i64 - t as i64;
+        self.seen += 1;
+        self.late += u64::from(late);
+        self.least_delay_ms = Some(self.least_delay_ms.map_or(delay, |d| d.min(delay)));
+        if mark.since(start) >= LATENESS_WINDOW_MS {
+            self.last = Some((self.seen, self.late, self.least_delay_ms.unwrap_or(0)));
+            *self = Lateness {
+                last: self.last,
+                window_start: Some(mark),
+                ..Lateness::default()
+            };
+        }
+    }
+
+    /// What to tell store IT about peer `hub`, when most of its observations in the last whole
+    /// window came too late to use.
+    pub fn problem(&self, hub: &str) -> Option<String> {
+        let (seen, late, least) = self.last?;
+        (late * 2 > seen).then(|| {
+            format!(
+                "{late} of {seen} observations from peer hub {hub} in the last minute came too late to \
+                 use, the earliest {:.1} s after it heard them: its clock is behind this hub's, or \
+                 the broker is slow; check NTP on both hubs (beacond doctor checks the clock)",
+                least as f64 / 1000.0
+            )
+        })
+    }
+}
+
 /// How long after connecting a peer with no retained status is named as unknown to the broker: its
 /// status, if it has one, arrives with the subscription's acknowledgement.
 pub const UNKNOWN_AFTER_MS: u64 = 30_000;
@@ -345,6 +395,33 @@ mod tests {
         );
         w.on_status("hub-b", br#"{"state":"online"}"#);
         assert_eq!(w.notice(Timestamp(t.0 + UNKNOWN_AFTER_MS)), None);
+    }
+
+    #[test]
+    fn a_peer_whose_observations_mostly_come_too_late_is_named() {
+        let mut l = Lateness::default();
+        let t0 = 1_800_000_000_000u64;
+        // A peer 3 s behind, for a window: every observation late.
+        for s in 0..=60u64 {
+            let mark = Timestamp(t0 + s * 1000);
+            l.note(mark.0 - 3000, mark, true);
+        }
+        assert_eq!(
+            l.problem("hub-b").unwrap(),
+            "61 of 61 observations from peer hub hub-b in the last minute came too late to use, \
+             the earliest 3.0 s after it heard them: its clock is behind this hub's, or the broker \
+             is slow; check NTP on both hubs (beacond doctor checks the clock)"
+        );
+        // Its clock set right: the next window clears it.
+        for s in 61..=121u64 {
+            let mark = Timestamp(t0 + s * 1000);
+            l.note(mark.0 - 100, mark, s % 3 == 0);
+        }
+        assert_eq!(l.problem("hub-b"), None);
+        // Nothing judged before a whole window.
+        let mut fresh = Lateness::default();
+        fresh.note(t0 - 9000, Timestamp(t0), true);
+        assert_eq!(fresh.problem("hub-b"), None);
     }
 
     #[test]

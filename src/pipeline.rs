@@ -179,6 +179,8 @@ struct Sharing {
     peers: Vec<String>,
     max_lag_ms: u64,
     outbox: crate::peers::Outbox,
+    /// Per peer, in the order of `peers`.
+    lateness: Vec<crate::peers::Lateness>,
 }
 
 impl Core {
@@ -211,7 +213,21 @@ impl Core {
             peers: peers.to_vec(),
             max_lag_ms,
             outbox: crate::peers::Outbox::new(own),
+            lateness: vec![Default::default(); peers.len()],
         });
+    }
+
+    /// What is wrong with the peers' observations: those of whom most came too late to use in the
+    /// last minute; `None` when nothing is.
+    pub fn peer_lateness(&self) -> Option<String> {
+        let s = self.sharing.as_ref()?;
+        let problems: Vec<String> = s
+            .peers
+            .iter()
+            .zip(&s.lateness)
+            .filter_map(|(hub, l)| l.problem(hub))
+            .collect();
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     /// Whether it shares observations with peers.
@@ -272,18 +288,23 @@ impl Core {
         out: &mut Vec<Event>,
     ) -> crate::peers::Applied {
         use crate::peers::{Applied, Who};
-        let Some(sharing) = &self.sharing else {
+        let engine_now = self.engine.now();
+        let Some(sharing) = &mut self.sharing else {
             return Applied::NotAPeer;
         };
-        let hub_idx = match sharing.peers.iter().any(|p| p == hub) {
-            true => self.engine.hub_index(hub),
-            false => None,
-        };
-        let Some(hub_idx) = hub_idx else {
+        let Some(peer) = sharing.peers.iter().position(|p| p == hub) else {
             return Applied::NotAPeer;
         };
         let at = Timestamp(obs.t.min(mark.0));
-        if self.engine.now().since(at) > sharing.max_lag_ms {
+        let late = engine_now.since(at) > sharing.max_lag_ms;
+        // A source that has ended has no time of its own to judge lateness by.
+        if mark.0 != u64::MAX {
+            sharing.lateness[peer].note(obs.t, mark, late);
+        }
+        let Some(hub_idx) = self.engine.hub_index(hub) else {
+            return Applied::NotAPeer;
+        };
+        if late {
             self.stats.peer_late += 1;
             return Applied::Late;
         }
@@ -911,6 +932,36 @@ mod sharing_tests {
             core.handle_peer("b", &peer(50, -60), mark, &mut out),
             Applied::Unknown
         );
+    }
+
+    #[test]
+    fn a_peer_whose_observations_come_too_late_is_named() {
+        let mut core = core();
+        let mut out = Vec::new();
+        assert_eq!(core.peer_lateness(), None);
+        // Hub b's clock is 3 s behind: each observation is too late by the time it arrives.
+        for s in 0..=61u64 {
+            let now = s * 1000;
+            core.handle_advert(&advert(now, 0, -60, FOB), &mut out);
+            let mark = Timestamp(T0 + now);
+            let behind = Shared {
+                t: T0 + now - 3000,
+                ..peer(0, -60)
+            };
+            assert_eq!(
+                core.handle_peer("b", &behind, mark, &mut out),
+                Applied::Late
+            );
+        }
+        let said = core.peer_lateness().unwrap();
+        assert!(
+            said.starts_with("61 of 61 observations from peer hub b"),
+            "{said}"
+        );
+        assert!(core
+            .peer_lateness()
+            .unwrap()
+            .contains("check NTP on both hubs"));
     }
 
     #[test]

@@ -204,3 +204,60 @@ fn hubs_that_share_observations_hand_customers_over_and_report_only_their_own_zo
         assert_eq!(stats["unknown"], 0, "{hub}: {stats}");
     }
 }
+
+/// A peer whose clock is far behind: every observation it sends is too late to use, and the hub
+/// says which peer, in its log and its retained status.
+#[test]
+fn a_peer_whose_observations_come_too_late_is_named_in_the_status() {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start(dir.path());
+    let sub =
+        common::Subscriber::start(broker.port, "platform", "beacond/s/hub-rails/status", true);
+    // hub-rails shares with hub-window, whose daemon is a test client with a clock from 1970.
+    let text = std::fs::read_to_string(config(dir.path(), &broker.url(), "rails", true, None))
+        .unwrap()
+        .replace(
+            "hubs = [\"hub-window\", \"hub-fitting\"]",
+            "hubs = [\"hub-window\"]",
+        );
+    let cfg = dir.path().join("rails-late.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.path().join("rails.log");
+    let mut daemon = common::start_daemon_logging(&cfg, Some(&log));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let port = broker.port;
+    rt.spawn(async move {
+        let (client, mut ev) = AsyncClient::new(MqttOptions::new("late-peer", "127.0.0.1", port), 16);
+        tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+        for i in 0u64.. {
+            let batch = format!(
+                r#"{{"schema":1,"hub":"hub-window","obs":[{{"t":{},"customer_id":"cust-00001","rssi":-60}}]}}"#,
+                1000 + i
+            );
+            let _ = client
+                .publish("beacond/s/hub-window/observations", QoS::AtMostOnce, false, batch)
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let names_the_late_peer = |m: &(String, Value, bool)| {
+        m.1["warnings"].as_array().is_some_and(|w| {
+            w.iter().any(|w| {
+                let w = w.as_str().unwrap_or("");
+                w.contains(
+                    "observations from peer hub hub-window in the last minute came too late to use",
+                ) && w.contains("check NTP on both hubs")
+            })
+        })
+    };
+    sub.wait_for(
+        "hub-rails's status naming the late peer",
+        Duration::from_secs(60),
+        |m| m.iter().any(names_the_late_peer),
+    );
+    common::signal(&daemon, "-TERM");
+    assert!(daemon.wait().unwrap().success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("came too late to use"), "{logged}");
+}
